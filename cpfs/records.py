@@ -65,3 +65,25 @@ class IngestResult:
     backend: str | None = None
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """Outcome of one ingest run over many sources."""
+
+    store: str  # store path or URL
+    results: tuple[IngestResult, ...]
+    index_version: str  # content version of the store index after the run
+    backend: str  # concrete flow backend used
+
+    @property
+    def failed(self) -> tuple[IngestResult, ...]:
+        return tuple(r for r in self.results if r.status == "failed")
+
+    @property
+    def stored(self) -> tuple[IngestResult, ...]:
+        return tuple(r for r in self.results if r.status == "stored")
+
+    @property
+    def skipped(self) -> tuple[IngestResult, ...]:
+        return tuple(r for r in self.results if r.status == "skipped")

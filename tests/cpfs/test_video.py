@@ -1,0 +1,492 @@
+"""Tests of cpfs.video with the real ffmpeg binary (imageio-ffmpeg) on real and generated videos."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from cpfs.config import DecodeConfig
+from cpfs.errors import VideoError
+from cpfs.records import VideoMeta, VideoSource
+from cpfs.video import (
+    content_id,
+    decode,
+    decode_range,
+    discover,
+    expected_frame_count,
+    list_frames,
+    output_size,
+    probe,
+    sample_videos,
+)
+from cpfs.video import _command  # only to check which demuxer reads a frame folder
+from imageio_ffmpeg import get_ffmpeg_exe
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DAVIS = DATA / "davis"
+needs_davis = pytest.mark.skipif(not (DAVIS / "JPEGImages").is_dir(), reason=f"DAVIS frames not found at {DAVIS}")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def make_video(path: Path, n: int = 20, size: str = "64x48", *extra: str) -> Path:
+    """A tiny real H.264 mp4 from ffmpeg's testsrc (a moving pattern and a frame counter)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc=size={size}:rate=10", "-frames:v", str(n), "-pix_fmt", "yuv420p",
+            *extra, str(path))
+    return path
+
+
+def file_source(path: Path | str) -> VideoSource:
+    return VideoSource(path=os.path.abspath(path), kind="file")
+
+
+def ffmpeg_children() -> list[int]:
+    """Pids of ffmpeg processes (running or zombie) whose parent is this test process."""
+    me, found = os.getpid(), []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == me and comm.startswith("ffmpeg"):
+            found.append(int(d))
+    return found
+
+
+@pytest.fixture(scope="module")
+def samples() -> dict[str, VideoSource]:
+    return {p.stem: file_source(p) for p in sample_videos()}
+
+
+# ----------------------------------------------------------------------------------- sample videos
+
+
+def test_sample_videos_are_the_three_shipped_files() -> None:
+    paths = sample_videos()
+    assert [p.name for p in paths] == ["bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"]
+    assert all(p.is_absolute() and p.stat().st_size > 10_000 for p in paths)
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "height", "n_frames", "fps"),
+    [("bikes", 640, 272, 250, 25.0), ("bigbuckbunny", 1280, 720, 132, 25.0), ("carphone_pristine", 176, 144, 120, 29.97)],
+)
+def test_probe_sample_videos(samples, name, width, height, n_frames, fps) -> None:
+    meta = probe(samples[name])
+    assert (meta.width, meta.height, meta.n_frames, meta.codec) == (width, height, n_frames, "h264")
+    assert meta.fps == pytest.approx(fps)
+    assert meta.duration_s == pytest.approx(n_frames / fps, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["carphone_pristine", "bikes"])
+def test_decode_full_sample_gives_probed_count_and_size(samples, name) -> None:
+    meta = probe(samples[name])
+    cfg = DecodeConfig(short_side=32)
+    w, h = output_size(meta, cfg)
+    n = 0
+    for frame in decode(samples[name], cfg, meta):
+        assert frame.shape == (h, w, 3) and frame.dtype == np.uint8
+        n += 1
+    assert n == meta.n_frames == expected_frame_count(meta, cfg)
+    assert min(w, h) == 32 and w % 2 == 0
+
+
+def test_decode_step_keeps_every_step_th_frame(samples) -> None:
+    src = samples["carphone_pristine"]
+    meta = probe(src)
+    every = np.stack(list(decode(src, DecodeConfig(short_side=32), meta)))
+    for step in (2, 3):
+        stepped = np.stack(list(decode(src, DecodeConfig(short_side=32, step=step), meta)))
+        assert len(stepped) == math.ceil(meta.n_frames / step)
+        # select runs before scale, and scaling is per frame: the kept frames are exactly every step-th one
+        np.testing.assert_array_equal(stepped, every[::step])
+
+
+def test_decode_step_and_cap_on_large_sample(samples) -> None:
+    src = samples["bigbuckbunny"]
+    meta = probe(src)
+    cfg = DecodeConfig(short_side=48, step=3, max_frames=10)
+    frames = list(decode(src, cfg, meta))
+    assert len(frames) == expected_frame_count(meta, cfg) == 10
+    assert frames[0].shape == (48, 86, 3)  # 1280x720 -> short side 48, long side 85.3 rounded to even
+
+
+def test_decode_matches_opencv_reference(samples) -> None:
+    """Naive reference: OpenCV's own VideoCapture, frame by frame, at the source size."""
+    src = samples["carphone_pristine"]
+    ours = list(decode(src, DecodeConfig(short_side=None, max_frames=8)))
+    cap = cv2.VideoCapture(src.path)
+    try:
+        for frame in ours:
+            ok, bgr = cap.read()
+            assert ok
+            diff = np.abs(bgr[..., ::-1].astype(np.int16) - frame.astype(np.int16))
+            assert diff.mean() < 1.0, diff.mean()
+    finally:
+        cap.release()
+
+
+@pytest.mark.parametrize(
+    ("name", "codec_args", "codec"),
+    [("clip.mkv", ["-c:v", "libx264", "-pix_fmt", "yuv420p"], "h264"), ("clip.avi", ["-c:v", "mjpeg"], "mjpeg"),
+     ("clip.y4m", ["-pix_fmt", "yuv420p"], "rawvideo"), ("clip.mov", ["-c:v", "libx264", "-pix_fmt", "yuv420p"], "h264")],
+)
+def test_other_containers_decode_the_probed_count(tmp_path, name, codec_args, codec) -> None:
+    path = tmp_path / name
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=48x32:rate=10", "-frames:v", "13", *codec_args, str(path))
+    meta = probe(file_source(path))
+    assert (meta.width, meta.height, meta.n_frames, meta.codec) == (48, 32, 13, codec)
+    frames = list(decode(file_source(path), DecodeConfig(short_side=None, step=4), meta))
+    assert len(frames) == 4 and frames[0].shape == (32, 48, 3)
+
+
+def test_mp4_cut_without_reencoding_counts_every_coded_frame(tmp_path) -> None:
+    """A stream-copy cut starts at the previous keyframe and writes an edit list hiding the frames before
+    the cut; probe's packet count and decode must agree (both ignore the edit list)."""
+    full = make_video(tmp_path / "full.mp4", 60, "64x48", "-g", "20")
+    cut = tmp_path / "cut.mp4"
+    _ffmpeg("-ss", "1.55", "-i", str(full), "-c", "copy", str(cut))
+    meta = probe(file_source(cut))
+    frames = list(decode(file_source(cut), DecodeConfig(short_side=None), meta))
+    assert len(frames) == meta.n_frames == 60  # the cut keeps the keyframe at 0: packets 0..59
+    np.testing.assert_array_equal(frames[-1], list(decode(file_source(full), DecodeConfig(short_side=None)))[-1])
+
+
+# -------------------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize(
+    ("src_wh", "cfg", "out"),
+    [
+        ((640, 272), DecodeConfig(short_side=64), (150, 64)),  # 640*64/272 = 150.6 -> even 150
+        ((272, 640), DecodeConfig(short_side=64), (64, 150)),  # portrait
+        ((1280, 720), DecodeConfig(short_side=256), (456, 256)),  # 455.1 -> 456
+        ((176, 144), DecodeConfig(short_side=None), (176, 144)),
+        ((176, 144), DecodeConfig(short_side=64, size=(100, 50)), (100, 50)),  # size overrides short_side
+        ((100, 100), DecodeConfig(short_side=32), (32, 32)),
+    ],
+)
+def test_output_size(src_wh, cfg, out) -> None:
+    meta = VideoMeta(width=src_wh[0], height=src_wh[1], fps=25.0, n_frames=10, duration_s=None, codec="h264")
+    assert output_size(meta, cfg) == out
+
+
+def test_expected_frame_count() -> None:
+    meta = VideoMeta(width=64, height=48, fps=25.0, n_frames=21, duration_s=None, codec="h264")
+    assert expected_frame_count(meta, DecodeConfig()) == 21
+    assert expected_frame_count(meta, DecodeConfig(step=2)) == 11
+    assert expected_frame_count(meta, DecodeConfig(step=2, max_frames=5)) == 5
+    assert expected_frame_count(meta, DecodeConfig(step=30)) == 1
+    unknown = VideoMeta(width=64, height=48, fps=25.0, n_frames=None, duration_s=None, codec="h264")
+    assert expected_frame_count(unknown, DecodeConfig()) is None
+
+
+# ---------------------------------------------------------------------------------- decode_range
+
+
+@pytest.mark.parametrize("step", [1, 2])
+def test_decode_range_equals_slice_of_full_decode(samples, step) -> None:
+    src = samples["carphone_pristine"]
+    meta = probe(src)
+    cfg = DecodeConfig(short_side=32, step=step)
+    full = np.stack(list(decode(src, cfg, meta)))
+    n = len(full)
+    for start, stop in [(0, 5), (7, 19), (n - 3, n), (n - 4, n + 10)]:
+        got = decode_range(src, cfg, start, stop, meta)
+        np.testing.assert_array_equal(got, full[start:stop])
+    # ranges tile the video exactly
+    tiles = np.concatenate([decode_range(src, cfg, a, a + 16, meta) for a in range(0, n, 16)])
+    np.testing.assert_array_equal(tiles, full)
+
+
+def test_decode_range_respects_max_frames_and_rejects_bad_ranges(samples) -> None:
+    src = samples["carphone_pristine"]
+    cfg = DecodeConfig(short_side=32, max_frames=10)
+    full = np.stack(list(decode(src, cfg)))
+    np.testing.assert_array_equal(decode_range(src, cfg, 6, 20), full[6:20])
+    assert decode_range(src, cfg, 12, 20).shape == (0, *full.shape[1:]) == (0, 32, 40, 3)  # 39.1 -> even 40
+    with pytest.raises(ValueError, match="start < stop"):
+        decode_range(src, cfg, 5, 5)
+    with pytest.raises(ValueError, match="start < stop"):
+        decode_range(src, cfg, -1, 3)
+
+
+# --------------------------------------------------------------------------------- frame folders
+
+
+def make_frames(folder: Path, names: list[str]) -> list[np.ndarray]:
+    """PNG frames whose colour encodes their index (lossless, so decoding must give them back exactly)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i, name in enumerate(names):
+        img = np.zeros((20, 24, 3), np.uint8)
+        img[..., 0] = 10 * i
+        img[:, : i + 1, 1] = 255  # a bar whose width is the index
+        img[..., 2] = 200 - 5 * i
+        Image.fromarray(img).save(folder / name)
+        images.append(img)
+    return images
+
+
+def test_frame_folder_in_numeric_order_exactly(tmp_path) -> None:
+    names = [f"{i}.png" for i in range(1, 13)]  # unpadded: 1, 2, ..., 10, 11, 12
+    images = make_frames(tmp_path / "clip", names)
+    (tmp_path / "clip" / "notes.txt").write_text("not a frame")
+    src = VideoSource(str(tmp_path / "clip"), "frames")
+    assert [p.name for p in list_frames(src.path)] == names
+    meta = probe(src)
+    assert (meta.width, meta.height, meta.n_frames, meta.fps, meta.codec) == (24, 20, 12, 25.0, "png")
+    got = list(decode(src, DecodeConfig(short_side=None), meta))
+    np.testing.assert_array_equal(np.stack(got), np.stack(images))
+
+
+@pytest.mark.parametrize(
+    ("folder_name", "stray", "demuxer"),
+    [("plain", False, "image2"), ("plain", True, "concat"), ("glob [chars]*?", False, "concat"),
+     ("quote's {x}", True, "concat")],
+)
+def test_frame_folder_glob_or_concat_give_the_same_frames(tmp_path, folder_name, stray, demuxer) -> None:
+    """image2 glob when it reproduces the frame order exactly, else a concat list: same frames either way."""
+    images = make_frames(tmp_path / folder_name, [f"{i:05d}.png" for i in range(6)])
+    if stray:  # an image the glob would match but that is not a frame (its name has no number)
+        Image.fromarray(np.full((20, 24, 3), 77, np.uint8)).save(tmp_path / folder_name / "cover.png")
+    src = VideoSource(str(tmp_path / folder_name), "frames")
+    meta = probe(src)
+    tmp: list[str] = []
+    cmd = _command(src, DecodeConfig(short_side=None), meta, None, None, tmp)
+    assert cmd[cmd.index("-f") + 1] == demuxer
+    for d in tmp:
+        shutil.rmtree(d)
+    got = np.stack(list(decode(src, DecodeConfig(short_side=None), meta)))
+    np.testing.assert_array_equal(got, np.stack(images))
+    np.testing.assert_array_equal(decode_range(src, DecodeConfig(short_side=None, step=2), 1, 3), got[2:6:2])
+
+
+@needs_davis
+def test_davis_frame_folder_decodes_like_pillow() -> None:
+    folder = DAVIS / "JPEGImages" / "480p" / "blackswan"
+    src = VideoSource(str(folder.resolve()), "frames")
+    meta = probe(src)
+    assert (meta.width, meta.height, meta.n_frames, meta.codec) == (854, 480, 50, "mjpeg")
+    frames = list(decode(src, DecodeConfig(short_side=None, step=7), meta))
+    assert len(frames) == expected_frame_count(meta, DecodeConfig(step=7)) == 8
+    files = list_frames(folder)
+    for k, frame in enumerate(frames):
+        ref = np.asarray(Image.open(files[7 * k]).convert("RGB"), dtype=np.int16)
+        # two JPEG decoders: same image up to chroma upsampling and IDCT rounding
+        assert np.abs(ref - frame).mean() < 2.0
+    small = np.stack(list(decode(src, DecodeConfig(short_side=64, max_frames=5))))
+    assert small.shape == (5, 64, 114, 3)
+
+
+# -------------------------------------------------------------------------------------- discover
+
+
+def test_discover_walks_folders_sorted_and_deduplicated(tmp_path) -> None:
+    a = make_video(tmp_path / "root" / "a.mp4", 3)
+    b = make_video(tmp_path / "root" / "sub" / "b.MOV", 3)
+    odd = make_video(tmp_path / "odd.mp4", 3).rename(tmp_path / "odd.bin")  # explicit: tried whatever its extension
+    make_frames(tmp_path / "root" / "frames" / "seq1", ["000.png", "001.png"])
+    (tmp_path / "root" / "readme.txt").write_text("x")
+    (tmp_path / "root" / "data.bin").write_bytes(b"x")  # walked: not a video extension
+    make_video(tmp_path / "root" / ".hidden" / "c.mp4", 3)
+    (tmp_path / "empty").mkdir()
+
+    sources, errors = discover([tmp_path / "root", str(a), tmp_path / "root" / "sub", odd, tmp_path / "gone.mp4",
+                                tmp_path / "empty"])
+    expected = sorted(
+        [file_source(a), file_source(b), file_source(odd), VideoSource(str(tmp_path / "root" / "frames" / "seq1"), "frames")],
+        key=lambda s: s.path,
+    )
+    assert sources == expected
+    assert [(Path(e.path).name, e.reason) for e in errors] == [("gone.mp4", "missing"), ("empty", "no videos found")]
+    assert "gone.mp4" in str(errors[0])
+    # deterministic
+    assert discover([odd, tmp_path / "root"])[0] == expected
+
+
+@needs_davis
+def test_discover_finds_davis_frame_folders() -> None:
+    sources, errors = discover([DAVIS])
+    assert errors == []
+    frames = [s for s in sources if s.kind == "frames" and "/JPEGImages/" in s.path]
+    assert [Path(s.path).name for s in frames] == ["blackswan", "car-shadow", "dog", "libby"]
+    # a frame folder given directly is one source
+    assert discover([DAVIS / "JPEGImages" / "480p" / "dog"])[0] == [
+        VideoSource(os.path.abspath(DAVIS / "JPEGImages" / "480p" / "dog"), "frames")
+    ]
+
+
+def test_spaces_and_non_ascii_paths_work_everywhere(tmp_path) -> None:
+    video = make_video(tmp_path / "vidéo à tester" / "clip ü.mp4", 12)
+    make_frames(tmp_path / "vidéo à tester" / "images ß", ["0001.png", "0002.png", "0003.png"])
+    sources, errors = discover([tmp_path / "vidéo à tester"])
+    assert errors == []
+    assert [(Path(s.path).name, s.kind) for s in sources] == [("clip ü.mp4", "file"), ("images ß", "frames")]
+    for src in sources:
+        meta = probe(src)
+        frames = list(decode(src, DecodeConfig(short_side=16), meta))
+        assert len(frames) == meta.n_frames == (12 if src.kind == "file" else 3)
+        assert len(content_id(src)) == 20
+    assert decode_range(sources[0], DecodeConfig(short_side=16), 2, 5).shape[0] == 3
+    assert video.exists()
+
+
+# ------------------------------------------------------------------------------------ content_id
+
+
+def test_content_id_is_a_hash_of_the_bytes(tmp_path) -> None:
+    a = make_video(tmp_path / "a.mp4", 5)
+    copy = tmp_path / "elsewhere" / "renamed.mp4"
+    copy.parent.mkdir()
+    shutil.copy(a, copy)
+    assert content_id(file_source(a)) == content_id(file_source(copy))
+    # naive reference: the whole file hashed at once
+    assert content_id(file_source(a)) == hashlib.blake2b(a.read_bytes(), digest_size=10).hexdigest()
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1
+    copy.write_bytes(bytes(data))
+    assert content_id(file_source(a)) != content_id(file_source(copy))
+
+
+def test_content_id_of_frame_folder_depends_on_names_and_bytes(tmp_path) -> None:
+    make_frames(tmp_path / "x", ["0.png", "1.png", "2.png"])
+    shutil.copytree(tmp_path / "x", tmp_path / "y")
+    src_x, src_y = VideoSource(str(tmp_path / "x"), "frames"), VideoSource(str(tmp_path / "y"), "frames")
+    assert content_id(src_x) == content_id(src_y)
+    (tmp_path / "y" / "2.png").rename(tmp_path / "y" / "3.png")
+    assert content_id(src_x) != content_id(src_y)
+    (tmp_path / "y" / "foo.txt").write_text("ignored")  # not a frame: does not change the id
+    (tmp_path / "y" / "3.png").rename(tmp_path / "y" / "2.png")
+    assert content_id(src_x) == content_id(src_y)
+
+
+# ---------------------------------------------------------------------------------- bad inputs
+
+
+def _reason(fn, *args) -> VideoError:  # noqa: ANN001
+    with pytest.raises(VideoError) as info:
+        result = fn(*args)
+        if not isinstance(result, (VideoMeta, np.ndarray)):
+            list(result)
+    return info.value
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    out = {"empty": d / "empty.mp4", "text": d / "text.mp4"}
+    out["empty"].write_bytes(b"")
+    out["text"].write_text("hello, I am not a video\n" * 20)
+    # moov at the end (ffmpeg's default): cutting the file loses the index
+    end = make_video(d / "moov_end.mp4", 40, "160x120")
+    out["moov_end"] = d / "moov_end_cut.mp4"
+    out["moov_end"].write_bytes(end.read_bytes()[: int(end.stat().st_size * 0.6)])
+    # moov first: the cut file opens and plays until the data runs out
+    fast = make_video(d / "faststart.mp4", 40, "160x120", "-movflags", "+faststart")
+    out["faststart_full"] = fast
+    out["faststart"] = d / "faststart_cut.mp4"
+    out["faststart"].write_bytes(fast.read_bytes()[: int(fast.stat().st_size * 0.6)])
+    # a real AVI whose codec tag is rewritten to one no decoder knows
+    mj = d / "mjpeg.avi"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-frames:v", "5", "-c:v", "mjpeg", str(mj))
+    out["unknown_codec"] = d / "unknown codec.avi"
+    out["unknown_codec"].write_bytes(mj.read_bytes().replace(b"MJPG", b"ZZZZ"))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [("empty", "empty file"), ("text", "not a video"), ("moov_end", "truncated"), ("faststart", "truncated"),
+     ("unknown_codec", "unsupported codec")],
+)
+def test_probe_and_decode_name_the_bad_file_and_reason(bad_files, key, reason) -> None:
+    src = file_source(bad_files[key])
+    for err in (_reason(probe, src), _reason(decode, src, DecodeConfig(short_side=16))):
+        assert err.reason == reason, str(err)
+        assert err.path == src.path and bad_files[key].name in str(err)
+        if key not in ("empty",):
+            assert err.detail  # ffmpeg's own line
+
+
+def test_truncated_video_raises_after_its_good_frames(bad_files) -> None:
+    """Given the intact file's metadata, the cut file decodes some frames, then must fail loudly."""
+    meta = probe(file_source(bad_files["faststart_full"]))
+    got = []
+    with pytest.raises(VideoError) as info:
+        for frame in decode(file_source(bad_files["faststart"]), DecodeConfig(short_side=None), meta):
+            got.append(frame)
+    assert info.value.reason == "truncated"
+    assert 1 <= len(got) < 40
+    with pytest.raises(VideoError, match="truncated"):
+        decode_range(file_source(bad_files["faststart"]), DecodeConfig(short_side=None), 0, 40, meta)
+
+
+def test_unsupported_codec_when_decoding_with_given_meta(bad_files) -> None:
+    meta = VideoMeta(width=64, height=48, fps=10.0, n_frames=5, duration_s=0.5, codec="mjpeg")
+    err = _reason(decode, file_source(bad_files["unknown_codec"]), DecodeConfig(short_side=None), meta)
+    assert err.reason == "unsupported codec" and "codec" in err.detail.lower()
+
+
+def test_missing_path(tmp_path) -> None:
+    gone = file_source(tmp_path / "nope" / "gone.mp4")
+    folder = VideoSource(str(tmp_path / "no frames"), "frames")
+    for err, name in ((_reason(probe, gone), "gone.mp4"), (_reason(decode, gone, DecodeConfig()), "gone.mp4"),
+                      (_reason(probe, folder), "no frames"), (_reason(content_id, folder), "no frames")):
+        assert err.reason == "missing" and name in str(err)
+
+
+# ------------------------------------------------------------------------ process hygiene, timeouts
+
+
+def test_closing_the_generator_early_leaves_no_ffmpeg(samples) -> None:
+    gen = decode(samples["bikes"], DecodeConfig(short_side=32))
+    next(gen)
+    assert len(ffmpeg_children()) == 1  # ffmpeg is decoding ahead...
+    gen.close()
+    assert ffmpeg_children() == []  # ...and is killed and reaped on close
+
+
+def test_slow_consumer_is_not_a_stall(samples) -> None:
+    """The timeout is about ffmpeg producing nothing, not about the consumer taking its time."""
+    frames = []
+    for frame in decode(samples["carphone_pristine"], DecodeConfig(short_side=16, max_frames=2, timeout_s=0.5)):
+        time.sleep(0.8)
+        frames.append(frame)
+    assert len(frames) == 2
+    assert ffmpeg_children() == []
+
+
+def test_stall_times_out_and_kills_ffmpeg(tmp_path) -> None:
+    fifo = tmp_path / "never written.mp4"
+    os.mkfifo(fifo)  # ffmpeg blocks opening it: no writer ever comes
+    meta = VideoMeta(width=64, height=48, fps=10.0, n_frames=10, duration_s=1.0, codec="h264")
+    t0 = time.monotonic()
+    err = _reason(decode, file_source(fifo), DecodeConfig(short_side=None, timeout_s=1.0), meta)
+    assert err.reason == "ffmpeg timed out" and fifo.name in str(err)
+    assert time.monotonic() - t0 < 30  # liveness: the 1 s limit applied, not the 60 s default
+    assert ffmpeg_children() == []
+    err = _reason(lambda s: probe(s, timeout_s=1.0), file_source(fifo))
+    assert err.reason == "ffmpeg timed out"
+    assert ffmpeg_children() == []
+    assert _reason(content_id, file_source(fifo)).reason == "not a video"  # never blocks reading a FIFO

@@ -1,0 +1,86 @@
+"""The Prefect flow ``ingest`` and the ``cpfs ingest`` command, against a real temporary Prefect server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cpfs.config import IngestConfig
+from storage import VideoStore
+from tests.helpers import cut_clip, truncated_copy
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, sample_videos) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("inputs")
+    bikes = next(p for p in sample_videos if p.name == "bikes.mp4")
+    carphone = next(p for p in sample_videos if p.name == "carphone_pristine.mp4")
+    good = cut_clip(bikes, d / "dossier à vidéos" / "bikes clip é.mp4", 12)
+    good2 = cut_clip(carphone, d / "carphone.mp4", 10)
+    empty = d / "empty.mp4"
+    empty.write_bytes(b"")
+    text = d / "notes.mp4"
+    text.write_text("not a video at all\n" * 20)
+    trunc = truncated_copy(good2, d / "truncated.mp4", 0.4)
+    return {"good": good, "good2": good2, "empty": empty, "text": text, "trunc": trunc,
+            "missing": d / "no such video.mp4"}
+
+
+def _cfg(tmp_path: Path, inputs: list[Path]) -> IngestConfig:
+    return IngestConfig.model_validate({
+        "inputs": [str(p) for p in inputs], "store": {"path": str(tmp_path / "store.zarr"), "shard_frames": 4},
+        "decode": {"short_side": 48}, "flow": {"backend": "opencv-dis"}, "n_workers": 2})
+
+
+def test_bad_videos_fail_alone_good_ones_are_stored(prefect_server, tmp_path, inputs):
+    from flows.ingest import ingest
+
+    cfg = _cfg(tmp_path, list(inputs.values()))
+    state = ingest(cfg, return_state=True)
+    assert state.is_failed()
+    for key in ("empty", "text", "trunc", "missing"):
+        assert str(inputs[key]) in state.message, (key, state.message)
+    store = VideoStore.open(cfg.store, create=False)
+    index = store.read_index()
+    assert sorted(e.source_path for e in index.entries) == sorted([str(inputs["good"]), str(inputs["good2"])])
+    assert len(store.complete_ids()) == 2
+
+
+def test_second_run_is_a_noop_and_keeps_the_store(prefect_server, tmp_path, inputs):
+    from flows.ingest import ingest
+
+    cfg = _cfg(tmp_path, [inputs["good"]])
+    first = ingest(cfg)
+    assert [r.status for r in first.results] == ["stored"]
+    again = ingest(cfg)
+    assert [r.status for r in again.results] == ["skipped"]
+    assert again.index_version == first.index_version
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("cpfs", path=str(Path(sys.executable).parent))
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--size", "0"], "short_side"),
+    (["--backend", "warp-drive"], "backend"),
+    (["--step", "0"], "step"),
+    (["--backend", "opencv-cuda-tvl1"], "CUDA"),
+])
+def test_cli_rejects_bad_parameters_naming_them(tmp_path, inputs, args, needle):
+    r = _cli("ingest", str(inputs["good"]), "--store", str(tmp_path / "s.zarr"), *args, cwd=tmp_path)
+    assert r.returncode != 0
+    assert needle in r.stderr + r.stdout
+    assert not (tmp_path / "s.zarr" / "videos").exists() or not any((tmp_path / "s.zarr" / "videos").iterdir())
+
+
+def test_cli_help_explains_every_option(tmp_path):
+    r = _cli("ingest", "--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for opt in ("--store", "--backend", "--size", "--step", "--max-frames", "--dask-address"):
+        assert opt in r.stdout
