@@ -12,6 +12,7 @@ run ends Failed with a message listing the failed videos. Nothing stored earlier
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -30,6 +31,10 @@ from cpfs.records import IngestResult, IngestSummary, VideoSource
 from cpfs.video import discover, sample_videos
 from storage import VideoStore
 from tasks.ingest import finalize_video, prepare_video, process_range, write_index
+
+
+# Dask's scheduler and workers log every start and stop at INFO; the run's own log is what users read.
+logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 def task_runner_for(config: IngestConfig) -> DaskTaskRunner:
