@@ -157,3 +157,23 @@ class IngestConfig(_Model):
     n_workers: int | None = Field(default=None, ge=1, description="Local Dask workers (None: CPU count)")
     # Ranges of this many shards are the unit of parallel work within one long video.
     shards_per_task: int = Field(default=4, ge=1, description="Shards per parallel task within a video")
+
+
+# The training stage's own tree lives in ``cpfs.train_config`` (model, loss, optimiser, presets).
+from cpfs.train_config import TrainConfig  # noqa: E402
+
+
+class TrainStageConfig(_Model):
+    """The training stage as a pipeline step: which store, which run folder, how to launch."""
+
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    run_dir: str = Field(default="runs/demo", description="Run folder: metrics.jsonl and checkpoints/")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    # Continue from the run folder's latest checkpoint when there is one (exactly: optimiser, schedule and RNG
+    # states included); a run that already reached ``train.steps`` is returned as it is, not redone.
+    resume: bool = Field(default=True, description="Continue from the latest checkpoint in run_dir")
+    # Processes per node; more than one launches ``torchrun`` (DistributedDataParallel: nccl on GPUs, gloo on CPU).
+    nproc_per_node: int = Field(default=1, ge=1, description="Training processes (torchrun when > 1)")
+    # Test hook for failure handling: the data loader raises on this batch (None: never). Lets tests and users
+    # rehearse "a stage fails, fix the cause, retry the run" for real.
+    fail_at_batch: int | None = Field(default=None, ge=1, description="Raise on this batch (failure rehearsal)")

@@ -175,6 +175,50 @@ def _report_ingest(state) -> None:  # noqa: ANN001
         raise typer.Exit(1)
 
 
+def build_train_stage(store: str, run_dir: str, loss: str | None, preset: str, steps: int | None,
+                      resume: bool, nproc: int, device: str | None, config_file: Path | None,
+                      fail_at_batch: int | None = None):
+    from cpfs.config import TrainStageConfig
+    from cpfs.train_config import TrainConfig
+
+    data = load_config_file(config_file)
+    overrides = {k: v for k, v in {"loss": loss, "steps": steps, "device": device}.items() if v is not None}
+    try:
+        tcfg = TrainConfig.from_preset(preset, **_merge(data.get("train", {}), overrides))
+        return TrainStageConfig.model_validate(_merge({k: v for k, v in data.items() if k != "train"}, {
+            "store": {"path": store}, "run_dir": run_dir, "train": tcfg.model_dump(mode="json"),
+            "resume": resume, "nproc_per_node": nproc, "fail_at_batch": fail_at_batch}))
+    except ValidationError as e:
+        _fail_validation(e)
+    except ValueError as e:  # an unknown preset
+        typer.secho(f"error: parameter --preset: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def train(
+    store: Annotated[str, typer.Option(help="Zarr store written by 'cpfs ingest' (folder or fsspec URL).")] = "cpfs-data/store.zarr",
+    run_dir: Annotated[str, typer.Option(help="Run folder: metrics.jsonl and checkpoints/.")] = "runs/demo",
+    loss: Annotated[Optional[str], typer.Option(help="kta, kta-centered, ce or ce-rev (default: the preset's).")] = None,
+    preset: Annotated[str, typer.Option(help="demo (CPU, minutes) or paper (AlexNet 224 px on a GPU).")] = "demo",
+    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (default: the preset's).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's latest checkpoint.")] = True,
+    nproc_per_node: Annotated[int, typer.Option(help="Processes; more than 1 launches torchrun (DDP).")] = 1,
+    device: Annotated[Optional[str], typer.Option(help="torch device, e.g. cpu or cuda (default: the preset's).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file with a TrainStageConfig; flags override it.")] = None,
+) -> None:
+    """Train the CPFS network on an existing store (Prefect flow 'train')."""
+    stage = build_train_stage(store, run_dir, loss, preset, steps, resume, nproc_per_node, device, config)
+    from flows.train import train as train_flow
+
+    state = train_flow(stage, return_state=True)
+    if not state.is_completed():
+        typer.secho(f"train {state.type.value.lower()}: {state.message}", fg="red", err=True)
+        raise typer.Exit(1)
+    s = state.result()
+    typer.echo(f"checkpoint: {s.checkpoint}  steps: {s.steps}  loss: {s.final_metrics.get('loss', float('nan')):.4f}")
+
+
 @app.command()
 def run(
     store: Annotated[str, typer.Option(help="Zarr store: a folder or an fsspec URL.")] = "cpfs-data/store.zarr",

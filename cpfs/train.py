@@ -1,0 +1,564 @@
+"""Self-supervised CPFS training: small named functions, no trainer class.
+
+One step (Mahendran, Thewlis, Vedaldi 2018, Sec. 3): for each image of the batch sample N pixels, embed them
+with the network (``(B, N, D)`` unit vectors), read the optical flow at the same pixels (``(B, N, 2)``), build
+the embedding kernel ``K_phi`` (scaled cosine) and the flow kernel ``K_f`` (Gaussian of bandwidth sigma), and
+minimise the chosen loss between them (``cpfs.losses``).
+
+Reading order: ``build_model`` / ``CPFSObjective`` / ``build_optimizer`` / ``build_scheduler``, then
+``train_one_step``, then the checkpoint functions (``save_checkpoint`` atomic, ``load_checkpoint`` checked,
+``latest_checkpoint``), then ``train`` which wires them with the data (``cpfs.data``) and, under torchrun,
+DDP (``cpfs.distributed``).
+
+Outputs in ``run_dir``: ``metrics.jsonl`` (one JSON object per logged step) and ``checkpoints/step-XXXXXXXX.pt``.
+
+Determinism (CPU): with the same config, store and thread count, a run is bit-for-bit repeatable, and a run
+interrupted after s steps and resumed gives the same parameters and losses as an uninterrupted one, with any
+``num_workers``: model init is seeded; item order is a pure function of (seed, draw number)
+(``InfiniteSampler``), augmentations of (seed, draw number), sampled pixels of (seed, rank, step); the
+checkpoint holds the model, optimiser, scheduler, AMP scaler, the Python/NumPy/torch RNG states and the
+sampler position. Not covered: CUDA kernels (cuDNN convolutions and atomics are not bit-exact; resuming on a
+GPU is exact up to that noise), and a different thread count (changes float summation order).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from cpfs.config import StoreConfig
+from cpfs.data import FlowPairDataset, complete_videos, plan_split, store_version, worker_init
+from cpfs.distributed import (
+    DistContext,
+    broadcast_buffers,
+    make_sampler,
+    mean_across_ranks,
+    resolve_device,
+    unwrap_model,
+    wrap_model,
+)
+from cpfs.errors import CPFSError
+from cpfs.kernels import LearnedSigma, embedding_kernel, flow_kernel, median_pairwise_distance
+from cpfs.losses import alignment, get_loss
+from cpfs.model import AlexNetConfig, CPFSModel, CPFSModelConfig, read_at_points, sample_points
+from cpfs.records import FrameRange
+from cpfs.train_config import TrainConfig
+
+CHECKPOINT_FORMAT = "cpfs-train-checkpoint"
+CHECKPOINT_VERSION = 1
+# Config fields that may change when a run is resumed (they do not change what is computed).
+RESUMABLE_CHANGES = frozenset({"preset", "steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers",
+                               "prefetch_factor", "threads", "device"})
+_CKPT_RE = re.compile(r"^step-(\d{8})\.pt$")
+# Seconds a DataLoader worker may take to deliver a batch before the run fails with an error.
+DATA_TIMEOUT_S = 600.0
+# Test hook: seconds to sleep between writing a checkpoint's temporary file and renaming it into place, so a
+# test can SIGKILL the process inside that window. Unset in normal runs.
+CHECKPOINT_DELAY_ENV = "CPFS_TEST_CHECKPOINT_DELAY_S"
+
+
+class CheckpointError(CPFSError):
+    """A checkpoint cannot be used: unreadable, another format, another architecture, or another store."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of ``train``."""
+
+    run_dir: Path
+    checkpoint: Path | None  # the last checkpoint written (None only on ranks other than 0)
+    steps: int  # global step reached
+    metrics: dict[str, float]  # the last step's metrics (averaged over ranks)
+    heldout: tuple[FrameRange, ...] = ()  # frames held out of training (for the evaluation stage)
+    model: CPFSModel | None = field(default=None, repr=False, compare=False)  # the trained network (this rank's copy)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Model, objective, optimiser, schedule
+
+
+def build_model(cfg: TrainConfig) -> CPFSModel:
+    """The CPFS network of ``cfg``: AlexNet trunk of width ``cfg.width``, embeddings of dimension ``cfg.embed_dim``."""
+    return CPFSModel(CPFSModelConfig(trunk=AlexNetConfig(width=cfg.width), embed_dim=cfg.embed_dim))
+
+
+def describe_architecture(model: CPFSModel) -> dict[str, Any]:
+    """What a checkpoint's weights fit: the model config and every state-dict entry's shape."""
+    c = model.config
+    return {
+        "class": type(model).__name__,
+        "width": c.trunk.width,
+        "batch_norm": c.trunk.batch_norm,
+        "hypercolumn_layers": list(c.hypercolumn_layers),
+        "hidden": c.hidden,
+        "embed_dim": c.embed_dim,
+        "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
+    }
+
+
+class CPFSObjective(nn.Module):
+    """Network + flow bandwidth + loss, as one module so DDP averages every trainable parameter's gradient.
+
+    ``forward(images (B,3,H,W), flow (B,2,H,W), points (B,N,2) int) -> (loss, embeddings (B,N,D), K_phi, K_f,
+    sigma (B,))``. The network may run under autocast; kernels and loss always run in float32.
+    """
+
+    def __init__(self, model: CPFSModel, loss: str, sigma: str | float) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_name = loss
+        self.loss_fn = get_loss(loss)  # ValueError listing the valid names
+        self.sigma_mode = sigma
+        self.learned_sigma = LearnedSigma() if sigma == "learned" else None
+
+    def bandwidth(self, f: Tensor) -> Tensor:
+        """Flow-kernel sigma per image, ``(B,)`` px, for flow at the points ``f (B, N, 2)``."""
+        if self.learned_sigma is not None:
+            return self.learned_sigma(f)
+        if self.sigma_mode == "median":
+            return median_pairwise_distance(f)
+        return torch.full((f.shape[0],), float(self.sigma_mode), dtype=f.dtype, device=f.device)
+
+    def forward(self, images: Tensor, flow: Tensor, points: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        emb = self.model(images, points)  # (B, N, D)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            emb = emb.float()
+            f = read_at_points(flow.float(), points)  # (B, N, 2) px
+            sigma = self.bandwidth(f)  # (B,)
+            k_phi = embedding_kernel(emb)  # (B, N, N)
+            k_f = flow_kernel(f, sigma)  # (B, N, N)
+            loss = self.loss_fn(k_phi, k_f)
+        return loss, emb, k_phi, k_f, sigma
+
+
+def build_optimizer(objective: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on conv/linear weights only (not on biases, BatchNorm, or the sigma parameter)."""
+    decay, no_decay = [], []
+    for name, p in objective.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    o = cfg.optimizer
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=True)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at ``step`` (0-based): linear warm-up ``(step+1)/W`` for ``step < W``, then cosine
+    ``r + (1 - r) * (1 + cos(pi * p)) / 2`` with ``p = (step - W) / max(1, steps - W)`` and ``r = min_lr_ratio``."""
+    w, r = cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio
+    if step < w:
+        return (step + 1) / w
+    p = min(1.0, (step - w) / max(1, cfg.steps - w))
+    return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up + cosine schedule (``lr_factor``), stepped once per optimisation step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+
+
+# -----------------------------------------------------------------------------------------------------------
+# One step
+
+
+def embedding_statistics(emb: Tensor) -> dict[str, float]:
+    """Numbers that reveal a collapsed embedding, from ``emb (B, N, D)`` unit vectors.
+
+    ``cos_offdiag``: mean cosine between distinct pixels of the same image (-> 1 when everything maps to one
+    point); ``dim_std_mean`` / ``dim_std_min``: per-dimension std over all B*N embeddings, averaged / minimum
+    (-> 0 when dimensions die; a uniform spread on the sphere gives about ``1/sqrt(D)``).
+    """
+    with torch.no_grad():
+        b, n, d = emb.shape
+        cos = emb @ emb.transpose(1, 2)  # (B, N, N)
+        off = (cos.sum(dim=(1, 2)) - cos.diagonal(dim1=1, dim2=2).sum(-1)) / (n * (n - 1))  # (B,)
+        std = emb.reshape(b * n, d).std(dim=0)  # (D,)
+        return {"cos_offdiag": float(off.mean()), "dim_std_mean": float(std.mean()), "dim_std_min": float(std.min())}
+
+
+def train_one_step(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    images: Tensor,
+    flow: Tensor,
+    points: Tensor,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    grad_clip: float | None = None,
+) -> dict[str, float]:
+    """One optimisation step on a batch; returns its metrics (loss, alignment, sigma, lr, embedding statistics).
+
+    ``images (B,3,H,W)`` in [0, 1], ``flow (B,2,H,W)`` px, ``points (B,N,2)`` int64 (x, y), all on the model's
+    device. ``amp_dtype``: autocast dtype for the network (None: full precision).
+    """
+    objective.train()
+    optimizer.zero_grad(set_to_none=True)
+    lr = optimizer.param_groups[0]["lr"]
+    with torch.autocast(device_type=images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        loss, emb, k_phi, k_f, sigma = objective(images, flow, points)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {float(loss)} at lr {lr}: training diverged")
+    scaler.scale(loss).backward()
+    grad_norm = float("nan")
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(objective.parameters(), grad_clip, foreach=True))
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return {
+        "loss": float(loss.detach()),
+        "alignment": float(alignment(k_phi.detach(), k_f.detach(), centered=True).mean()),
+        "sigma": float(sigma.detach().mean()),
+        "lr": float(lr),
+        "grad_norm": grad_norm,
+        **embedding_statistics(emb.detach()),
+    }
+
+
+def points_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The CPU generator of the pixels sampled at ``step`` on ``rank``: a pure function of the three, so sampling
+    needs no saved state to resume exactly and ranks draw different pixels."""
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> 1))
+    return g
+
+
+# -----------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:08d}.pt"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically: ``torch.save`` to a temporary file in the same folder, fsync, ``os.replace``,
+    fsync the folder. A crash at any point leaves either the old file set or the complete new file, never a
+    truncated ``step-*.pt`` (a stray ``.step-*.pt.tmp-<pid>`` may remain; ``latest_checkpoint`` ignores it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        delay = os.environ.get(CHECKPOINT_DELAY_ENV)
+        if delay:
+            time.sleep(float(delay))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of the highest step in ``run_dir/checkpoints`` (None when there is none)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+    folder = run_dir / "checkpoints"
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name)))
+    for _, p in found[:-keep]:
+        p.unlink(missing_ok=True)
+    for p in folder.glob(".step-*.pt.tmp-*"):  # left by a killed writer
+        if not p.name.endswith(f"-{os.getpid()}"):
+            p.unlink(missing_ok=True)
+
+
+def _check_state(path: Path, expected: dict[str, Tensor], found: dict[str, Tensor], what: str) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(expected) & set(found)) if tuple(found[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            problems.append(f"{label}: " + ", ".join(items[:6]) + (f", ... ({len(items) - 6} more)" if len(items) > 6 else ""))
+    if problems:
+        raise CheckpointError(f"{path}: {what} does not fit this architecture; " + "; ".join(problems))
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate a training checkpoint's payload (CheckpointError naming the path when unusable)."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a CPFS training checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
+    return payload
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: CPFSModel | CPFSObjective,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load a checkpoint into ``model`` (a ``CPFSModel``, or a ``CPFSObjective`` to also restore a learned sigma)
+    and, when given, the optimiser, scheduler and AMP scaler. Returns the payload (step, rng, sampler, config,
+    store_version, architecture). Raises CheckpointError naming the path and every mismatched key when the
+    checkpoint comes from another architecture."""
+    path = Path(path)
+    payload = read_checkpoint(path, map_location)
+    objective = model if isinstance(model, CPFSObjective) else None
+    net = model.model if objective is not None else model
+    _check_state(path, net.state_dict(), payload["model"], f"network (saved as {_arch_summary(payload)})")
+    if objective is not None:
+        expected = objective.learned_sigma.state_dict() if objective.learned_sigma is not None else {}
+        _check_state(path, expected, payload.get("sigma") or {}, f"sigma (saved mode {payload['config'].get('sigma')!r})")
+    net.load_state_dict(payload["model"])
+    if objective is not None and objective.learned_sigma is not None:
+        objective.learned_sigma.load_state_dict(payload["sigma"])
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+    return payload
+
+
+def _arch_summary(payload: dict[str, Any]) -> str:
+    a = payload.get("architecture", {})
+    return f"{a.get('class')}(width={a.get('width')}, embed_dim={a.get('embed_dim')}, hidden={a.get('hidden')})"
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -----------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the metrics lines of steps <= last_step (a resumed run rewrites the later ones; a line cut by a
+    crash is dropped)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    path.write_text("".join(k + "\n" for k in kept))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    """The metrics logged in ``run_dir/metrics.jsonl``, one dict per logged step."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _amp_dtype(cfg: TrainConfig, device: str) -> torch.dtype | None:
+    if not cfg.amp or not device.startswith("cuda"):
+        return None  # AMP is CUDA only; on CPU the flag is ignored
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def train(
+    cfg: TrainConfig,
+    store_cfg: StoreConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: Callable[[int, int, dict], None] | None = None,
+    stop_after: int | None = None,
+    dist: DistContext | None = None,
+) -> TrainResult:
+    """Train the CPFS network on the store's complete videos (held-out part excluded) for ``cfg.steps`` steps.
+
+    ``resume``: continue from ``latest_checkpoint(run_dir)`` exactly (a fresh start when there is none); without
+    it, a ``run_dir`` that already holds checkpoints is an error (no silent mixing of runs). ``stop_after``:
+    stop (with a checkpoint) after this many steps of this call, e.g. to split a run across jobs.
+    ``progress(step, total, metrics)`` is called on rank 0 after every step. ``dist``: the DDP context
+    (``cpfs.distributed.init_from_env``); None = one process. Only rank 0 writes files.
+    """
+    dist = dist or DistContext(device=resolve_device(cfg.device))
+    device = dist.device
+    run_dir = Path(run_dir)
+    if cfg.batch_size % dist.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the world size {dist.world_size}")
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after must be >= 1, got {stop_after}")
+    per_rank = cfg.batch_size // dist.world_size
+    get_loss(cfg.loss)  # fail before touching the store
+
+    videos = complete_videos(store_cfg)
+    split = plan_split(videos, cfg.holdout_fraction, cfg.seed, cfg.heldout_videos)
+    dataset = FlowPairDataset(store_cfg, split.train, crop=cfg.crop, augment=cfg.augment, seed=cfg.seed)
+    version = store_version(store_cfg)
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    _seed_everything(cfg.seed)
+    model = build_model(cfg)
+    objective = CPFSObjective(model, cfg.loss, cfg.sigma).to(device)
+    optimizer = build_optimizer(objective, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    amp_dtype = _amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=amp_dtype == torch.float16)
+
+    step = 0
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None and not resume:
+        raise CheckpointError(f"{run_dir}: holds checkpoints (latest {ckpt.name}); pass resume=True or use a new run_dir")
+    if resume and ckpt is not None:
+        payload = load_checkpoint(ckpt, objective, optimizer, scheduler, scaler, map_location=device)
+        if payload["store_version"] != version:
+            raise CheckpointError(
+                f"{ckpt}: written for store index version {payload['store_version']}, but {store_cfg.path} is now "
+                f"version {version}; the data changed, so the run cannot resume exactly (start a new run_dir)")
+        saved, now = payload["config"], cfg.model_dump(mode="json")
+        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+        if changed:
+            raise CheckpointError(
+                f"{ckpt}: cannot resume with a different {', '.join(changed)} "
+                f"(checkpoint: {', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); start a new run_dir")
+        step = int(payload["step"])
+        _set_rng_state(payload["rng"])
+    metrics_path = run_dir / "metrics.jsonl"
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, step)
+
+    net = wrap_model(objective, dist)
+    sampler = make_sampler(len(dataset), cfg.seed, step * cfg.batch_size, dist)
+    workers = cfg.num_workers
+    loader = DataLoader(
+        dataset, batch_size=per_rank, sampler=sampler, num_workers=workers, drop_last=True,
+        pin_memory=device.startswith("cuda"), persistent_workers=workers > 0,
+        prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+        worker_init_fn=worker_init if workers > 0 else None,
+        timeout=DATA_TIMEOUT_S if workers > 0 else 0,  # a hung worker fails the run instead of stalling it
+    )
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    last: dict[str, float] = {}
+    written: Path | None = ckpt if resume else None
+    batches = iter(loader)
+    t_prev = time.perf_counter()
+    try:
+        with open(metrics_path, "a") if dist.is_main else _NullFile() as log:
+            while step < end:
+                images, flow = next(batches)
+                t_data = time.perf_counter()
+                images = images.to(device, non_blocking=True)
+                flow = flow.to(device, non_blocking=True)
+                h, w = images.shape[-2:]
+                points = sample_points(per_rank, h, w, cfg.points_per_image, generator=points_generator(cfg.seed, dist.rank, step))
+                m = train_one_step(net, optimizer, scheduler, scaler, images, flow, points.to(device),
+                                   amp_dtype=amp_dtype, grad_clip=cfg.optimizer.grad_clip)
+                step += 1
+                if step % cfg.log_every == 0 or step == end:
+                    m = mean_across_ranks(m, dist)
+                    t_now = time.perf_counter()
+                    # Throughput and data wait of this step (wall clock; not part of the deterministic record).
+                    m.update(step=step, images_per_s=cfg.batch_size / max(t_now - t_prev, 1e-9), data_wait_s=t_data - t_prev)
+                    last = m
+                    if dist.is_main:
+                        log.write(json.dumps(m) + "\n")
+                        log.flush()
+                if progress is not None and dist.is_main:
+                    progress(step, cfg.steps, m)
+                if dist.is_main and (step % cfg.checkpoint_every == 0 or step == end):
+                    payload = {
+                        "format": CHECKPOINT_FORMAT,
+                        "format_version": CHECKPOINT_VERSION,
+                        "step": step,
+                        "model": objective.model.state_dict(),
+                        "sigma": objective.learned_sigma.state_dict() if objective.learned_sigma is not None else None,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                        "rng": _rng_state(),
+                        "sampler": {"seed": cfg.seed, "start": step * cfg.batch_size},
+                        "config": cfg.model_dump(mode="json"),
+                        "store_version": version,
+                        "split": {part: [[r.video_id, r.start, r.stop] for r in ranges]
+                                  for part, ranges in (("train", split.train), ("heldout", split.heldout))},
+                        "architecture": describe_architecture(objective.model),
+                        "world_size": dist.world_size,
+                    }
+                    written = save_checkpoint(checkpoint_path(run_dir, step), payload)
+                    _prune_checkpoints(run_dir, cfg.keep_checkpoints)
+                t_prev = time.perf_counter()
+    finally:
+        del batches  # shuts the worker processes down
+    broadcast_buffers(net, dist)
+    return TrainResult(run_dir=run_dir, checkpoint=written if dist.is_main else None, steps=step, metrics=last,
+                       heldout=split.heldout, model=unwrap_model(net).model)
+
+
+class _NullFile:
+    """A do-nothing stand-in for the metrics file on ranks other than 0."""
+
+    def __enter__(self) -> "_NullFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def write(self, _text: str) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
