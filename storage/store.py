@@ -599,6 +599,9 @@ class VideoStore:
     def write_index(self) -> StoreIndex:
         """Scan, then store the index as the root attribute ``index``. Single writer: call it after videos finish."""
         idx = self.index()
+        current = (self._read_json("zarr.json") or {}).get("attributes", {}).get(layout.INDEX_ATTR)
+        if current is not None and StoreIndex.from_json(current) == idx:
+            return idx  # unchanged: leave the root document (and its modification time) alone
         root = zarr.open_group(self._store, mode="r+")
         root.update_attributes({layout.INDEX_ATTR: idx.to_json()})
         return idx

@@ -44,7 +44,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 class InjectedFailure(RuntimeError):
-    """Raised on purpose by ``fail_at_batch`` to rehearse failure handling."""
+    """Raised on purpose by the ``fault_file`` rehearsal to rehearse failure handling."""
 
 
 def _summary(stage: TrainStageConfig, seconds: float, resumed_from: int) -> TrainSummary:
@@ -56,6 +56,14 @@ def _summary(stage: TrainStageConfig, seconds: float, resumed_from: int) -> Trai
     return TrainSummary(run_dir=str(stage.run_dir), checkpoint=str(ckpt), checkpoint_sha256=file_sha256(ckpt),
                         steps=int(payload["step"]), loss=stage.train.loss,
                         final_metrics=metrics[-1] if metrics else {}, seconds=seconds, resumed_from=resumed_from)
+
+
+def _fault_batch(stage: TrainStageConfig) -> int | None:
+    """The batch on which the failure rehearsal fires (None: the fault file is absent)."""
+    if stage.fault_file is None or not Path(stage.fault_file).exists():
+        return None
+    text = Path(stage.fault_file).read_text().strip()
+    return int(text) if text else 1
 
 
 def _start_step(stage: TrainStageConfig) -> int:
@@ -84,11 +92,12 @@ def train_model(stage: TrainStageConfig) -> TrainSummary:
     artifact = create_progress_artifact(100.0 * start / stage.train.steps, key="train-progress",
                                         description=f"Training steps done ({stage.train.loss}, {stage.run_dir})")
     last = [0.0]
+    fail_at = _fault_batch(stage)
     bar = tqdm(total=stage.train.steps, initial=start, unit="step", desc="train", disable=None)
 
     def progress(step: int, total: int, metrics: dict) -> None:
-        if stage.fail_at_batch is not None and step >= stage.fail_at_batch:
-            raise InjectedFailure(f"injected failure at batch {step} (fail_at_batch={stage.fail_at_batch})")
+        if fail_at is not None and step >= fail_at:
+            raise InjectedFailure(f"injected failure at batch {step} ({stage.fault_file} exists)")
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", refresh=False)
         now = time.perf_counter()
