@@ -151,6 +151,8 @@ class IngestConfig(_Model):
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     flow: FlowConfig = Field(default_factory=FlowConfig)
     cuts: CutConfig = Field(default_factory=CutConfig)
+    # Inputs are watched folders (a scheduled ingest): a missing or empty folder means "nothing new", not an error.
+    watch: bool = Field(default=False, description="Inputs are watched folders: missing or empty is not an error")
     # Existing Dask scheduler (tcp://host:port); None starts a local cluster.
     dask_address: str | None = Field(default=None, description="Dask scheduler address; None: local cluster")
     # Workers of the local cluster (one process each, one thread each: OpenCV is told to use one thread).
@@ -174,6 +176,15 @@ class TrainStageConfig(_Model):
     resume: bool = Field(default=True, description="Continue from the latest checkpoint in run_dir")
     # Processes per node; more than one launches ``torchrun`` (DistributedDataParallel: nccl on GPUs, gloo on CPU).
     nproc_per_node: int = Field(default=1, ge=1, description="Training processes (torchrun when > 1)")
+    # One run folder per store index version (<run_dir>/store-<version>): a scheduled retrain then trains
+    # only when new data arrived, and finds its finished run otherwise.
+    version_runs: bool = Field(default=False, description="Run folder per store index version (scheduled retrains)")
     # Failure rehearsal: while this file exists, training raises on the batch number written in it. Lets
     # tests and users rehearse "a stage fails, remove the cause, retry the run" for real.
     fault_file: str | None = Field(default=None, description="While this file exists, fail on the batch it names")
+
+    def for_store_version(self, version: str) -> "TrainStageConfig":
+        """This configuration with the run folder it really uses for a store at index ``version``."""
+        if not self.version_runs:
+            return self
+        return self.model_copy(update={"run_dir": str(Path(self.run_dir) / f"store-{version}"), "version_runs": False})

@@ -8,8 +8,10 @@ A video is ingested in three steps, each safe to run again after a crash:
 2. ``process_range``: decode one shard-aligned range of frames, compute the flow of every pair whose
    first frame lies in the range, and write frames and flow shard by shard. Ranges of one video write
    disjoint shards, so they may run in parallel (on a Dask cluster). Decoding, flow and writing
-   overlap: ffmpeg decodes ahead in its own process, and shards are compressed and written by a
-   background thread while the next block's flow is computed.
+   overlap: ffmpeg decodes ahead in its own process, and while the next block's flow is computed two
+   background threads finish the previous block, one compressing and writing its frames, the other
+   computing its photometric warp errors and compressing and writing its flow (``bench/ingest.py``:
+   compression costs about as much CPU as DIS flow itself, so it must not wait behind the flow).
 3. ``finalize_video``: detect shot cuts from the stored warp errors and colour histograms, then set the
    completion marker last. Until then no reader treats the video as complete.
 
@@ -163,7 +165,14 @@ def process_range(plan: IngestPlan, frame_range: FrameRange, cfg: IngestConfig,
     block_start = frame_range.start
     pending: list[Future] = []
     decoded = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"zarr-write-{vid[:8]}") as writer:
+    def write_flow(start: int, block: np.ndarray, flow: np.ndarray) -> None:
+        # Runs on a writer thread: the warp errors need the block's frames and flow, nothing later.
+        err = np.array([photometric_error(block[i], block[i + 1], flow[i]) for i in range(flow.shape[0])],
+                       dtype=np.float32)
+        store.write_flow(vid, start, flow, err)
+
+    # Two writers: a block's frames and its flow are compressed and written concurrently (both release the GIL).
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"zarr-write-{vid[:8]}") as writer:
 
         def flush(block: np.ndarray, start: int, is_last: bool) -> None:
             nonlocal n_pairs
@@ -177,15 +186,13 @@ def process_range(plan: IngestPlan, frame_range: FrameRange, cfg: IngestConfig,
                     raise VideoError(rec.source.path, "truncated",
                                      f"decoding stopped at frame {start + block.shape[0]} of {n_total}")
                 flow = backend.compute(block[: n_p + 1])  # (n_p, H, W, 2) float32
-                err = np.array([photometric_error(block[i], block[i + 1], flow[i]) for i in range(n_p)],
-                               dtype=np.float32)
             # Waiting on earlier writes bounds memory to two shard blocks in flight.
             for f in pending:
                 f.result()
             pending.clear()
             pending.append(writer.submit(store.write_frames, vid, start, np.ascontiguousarray(own)))
             if n_p > 0:
-                pending.append(writer.submit(store.write_flow, vid, start, flow, err))
+                pending.append(writer.submit(write_flow, start, block, flow))
             n_pairs += n_p
             if progress is not None and n_p > 0:
                 progress(n_p)

@@ -78,7 +78,7 @@ def preflight(config: PipelineConfig) -> None:
     from cpfs.flow import resolve_backend
 
     for i, item in enumerate(config.ingest.inputs):
-        if not Path(item).exists():
+        if not Path(item).exists() and not config.ingest.watch:  # a watched folder may not exist yet
             raise PreflightError(f"parameter ingest.inputs[{i}]: {item} does not exist")
     try:
         resolve_backend(config.ingest.flow)

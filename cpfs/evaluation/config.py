@@ -1,0 +1,111 @@
+"""Typed configuration of the evaluation stage (to be merged into ``cpfs.config``).
+
+``EvalConfig`` is the one object ``cpfs.evaluation.run.evaluate`` and the Prefect flow ``evaluate`` take,
+built at the boundary (CLI, flow parameters) and validated there.
+
+The embedded default (no ``imagefolder``, ``voc`` or ``davis`` given) runs, on the CPFS checkpoint, on a
+random-init network of the same architecture (one per seed, batch-norm statistics recalibrated on training
+crops) and on the trivial baselines:
+
+- protocol 3, flow-kernel alignment, and protocol 4, the motion-segmentation probe, on the store's held-out
+  video (the split the checkpoint's training used: ``cpfs.data.plan_split`` with its seed and fraction);
+- protocol 1, the layer-wise linear probes, on scikit-learn's bundled handwritten digits written as an
+  ImageFolder: a real labelled set that needs no network, reported as *smoke scale*.
+
+Protocol 2 (Pascal VOC segmentation) runs when ``voc`` is set and protocol 5 (DAVIS label propagation) when
+``davis`` is set; ``imagefolder`` replaces the digits by a real ImageFolder (ImageNet's layout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cpfs.config import StoreConfig
+from cpfs.model import LAYER_NAMES
+
+PROTOCOL_NAMES: tuple[str, ...] = ("flow_alignment", "motion_segmentation", "linear_probe", "segmentation", "davis")
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors, not silently ignored: a typo in a parameter must fail loudly.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EvalConfig(_Model):
+    """The evaluation stage: which checkpoints, which data, which protocols and at what size."""
+
+    # A checkpoint file (``run/checkpoints/step-*.pt``) or a training run folder (its latest checkpoint).
+    checkpoint: str = Field(description="The CPFS checkpoint to evaluate: a .pt file or a training run folder")
+    # More checkpoints evaluated with identical settings (another run, another loss); each gets its own rows.
+    compare: list[str] = Field(default_factory=list, description="Extra checkpoints (files or run folders) to compare")
+    out: str = Field(default="runs/eval", description="Output folder: results.json, report.md, report.html, figures/")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="The Zarr store holding the held-out video")
+    # Seeds 0..seeds-1: probe splits and samples, sampled pixels, and one random-init network per seed.
+    seeds: int = Field(default=3, ge=1, description="Number of seeds; every score is a mean and std over them")
+    # None: the held-out videos of the checkpoint's own training split; a list overrides it (ids of the store).
+    heldout_videos: list[str] | None = Field(default=None, description="Held-out video ids (None: the checkpoint's split)")
+    imagefolder: str | None = Field(default=None, description="ImageFolder for the linear probe (None: digits, smoke scale)")
+    # With it, imagefolder is the training set and this the test set (ImageNet: train/ and val/).
+    imagefolder_val: str | None = Field(default=None, description="Held-out ImageFolder for the linear probe (None: split)")
+    max_per_class: int | None = Field(default=None, ge=2, description="Keep at most this many images per class (None: all)")
+    digits_per_class: int = Field(default=40, ge=4, le=170, description="Digits per class in the smoke-scale default")
+    voc: str | None = Field(default=None, description="Pascal VOC root (JPEGImages/, SegmentationClass/, ImageSets/)")
+    voc_classes: int = Field(default=21, ge=2, description="Classes of the VOC segmentation labels (VOC: 21)")
+    davis: str | None = Field(default=None, description="DAVIS root (JPEGImages/480p/<seq>/, Annotations/480p/<seq>/)")
+    davis_sequences: list[str] | None = Field(default=None, description="DAVIS sequences to run (None: every one)")
+    davis_max_frames: int | None = Field(default=None, ge=2, description="First frames per DAVIS sequence (None: all)")
+    # Trunk layers read by the probes and as hypercolumns by the dense protocols (2, 4, 5).
+    layers: list[str] = Field(default_factory=lambda: ["conv1", "conv2", "conv3", "conv4", "conv5"],
+                              description="Trunk layers probed / concatenated into hypercolumns")
+    probe_size: int = Field(default=64, ge=63, description="Linear probe: images resized to this square side, px")
+    probe_max_iter: int = Field(default=50, ge=1, description="L-BFGS iterations of every linear classifier")
+    voc_size: int = Field(default=128, ge=63, description="VOC probe: images resized to this square side, px")
+    davis_size: int = Field(default=240, ge=63, description="DAVIS: frames resized to this short side, px")
+    feature_stride: int = Field(default=4, ge=1, description="Pixels between feature-grid cells of dense protocols")
+    pairs_per_video: int = Field(default=8, ge=2, description="Frame pairs per held-out video (protocols 3 and 4)")
+    points: int = Field(default=512, ge=2, description="Pixels per frame of the flow-alignment kernels")
+    pixels_per_image: int = Field(default=512, ge=1, description="Training pixels per image of the dense probes")
+    motion_threshold: float = Field(default=1.0, gt=0, description="Motion probe: px off the dominant motion = moving")
+    # Random-init baseline: BatchNorm statistics re-estimated on training crops (weights untouched).
+    bn_batches: int = Field(default=4, ge=0, description="Batches of training crops to recalibrate random-init BN (0: off)")
+    bn_batch_size: int = Field(default=16, ge=2, description="Crops per recalibration batch")
+    qualitative_frames: int = Field(default=3, ge=0, description="Held-out frames shown as figures")
+    # torch intra-op threads; None: one per core (os.cpu_count()). On a shared machine fewer can be faster.
+    threads: int | None = Field(default=None, ge=1, description="torch threads (None: os.cpu_count())")
+
+    @field_validator("layers")
+    @classmethod
+    def _known_layers(cls, v: list[str]) -> list[str]:
+        unknown = [name for name in v if name not in LAYER_NAMES]
+        if unknown or not v:
+            raise ValueError(f"layers must be a non-empty subset of {list(LAYER_NAMES)}, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _val_needs_train(self) -> "EvalConfig":
+        if self.imagefolder_val is not None and self.imagefolder is None:
+            raise ValueError("imagefolder_val is set but imagefolder (the probe's training set) is not")
+        return self
+
+    def protocols(self) -> list[str]:
+        """The protocols this configuration runs, in order."""
+        out = ["flow_alignment", "motion_segmentation", "linear_probe"]
+        if self.voc is not None:
+            out.append("segmentation")
+        if self.davis is not None:
+            out.append("davis")
+        return out
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds))
+
+    @property
+    def smoke_scale(self) -> bool:
+        """True when the linear probe runs on the embedded digits rather than a configured ImageFolder."""
+        return self.imagefolder is None
+
+    def out_path(self) -> Path:
+        return Path(self.out).expanduser()
