@@ -239,19 +239,17 @@ def write_report(
     meta = results.get("meta") or {}
     meta_json = json.dumps(meta, indent=2, default=_json_default)
     md = [f"# {title}\n", f"Written {doc['written_at']}. Every number, with its configuration and checkpoint, is in `results.json`.\n"]
-    if meta:
-        md.append("## Run\n\n```json\n" + meta_json + "\n```\n")
     md.append("## Results\n\n" + results_markdown_table(results))
     if all_figs:
         md.append("## Figures\n")
         md += [f"### {caption}\n\n![{name}](figures/{fig_paths[name].name})\n" for name, (caption, _) in all_figs.items()]
+    if meta:  # the full provenance last: results first for the reader
+        md.append("## Run\n\n```json\n" + meta_json + "\n```\n")
     report_md = out / "report.md"
     report_md.write_text("\n".join(md))
 
     esc = html.escape
     body = [f"<h1>{esc(title)}</h1>", f"<p>Written {esc(doc['written_at'])}. Every number, with its configuration and checkpoint, is in <code>results.json</code>.</p>"]
-    if meta:
-        body.append(f"<h2>Run</h2><pre>{esc(meta_json)}</pre>")
     body.append("<h2>Results</h2>")
     for proto, sources in protocols.items():
         if not sources:
@@ -267,6 +265,8 @@ def write_report(
         for name, (caption, _) in all_figs.items():
             uri = "data:image/png;base64," + base64.b64encode(fig_png[name]).decode("ascii")
             body.append(f'<figure><img id="fig-{esc(_safe_name(name))}" alt="{esc(caption)}" src="{uri}"><figcaption>{esc(caption)}</figcaption></figure>')
+    if meta:  # the full provenance last, folded: results first for the reader
+        body.append(f"<h2>Run</h2><details><summary>Configuration, checkpoints and store</summary><pre>{esc(meta_json)}</pre></details>")
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
