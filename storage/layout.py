@@ -40,8 +40,10 @@ with these chunks and shards; ratio = raw bytes / stored bytes; shared 2-core ma
 
 Flow uses Blosc-zstd with bitshuffle (the best ratio; the int16 flow field is smooth, so its high bits are
 nearly constant), frames Blosc-zstd with byteshuffle (a no-op for 1-byte items; bitshuffle hurts images).
-Writing at ~30 MB/s costs ~15 ms per 256x455 flow field, small next to computing TV-L1 flow; reads run at
-~200-300 MB/s.
+Compression level 1, not 5: on 32 real frames (bench/ingest.py's profile) zstd-5 cost 11.9 ms per flow field
+for 4.75x and zstd-1 3.4 ms for 4.53x; frames 16.3 ms (1.82x) against 5.6 ms (1.57x). With a fast CPU flow
+(DIS, ~33 ms per 602x256 pair) level 5 made writing cost as much CPU as the flow itself; level 1 cut the
+whole ingest's CPU per frame by about a quarter for a few percent more bytes. Reads run at ~200-300 MB/s.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ ARRAY_NAMES: tuple[str, ...] = ("frames", "flow", "pair_error", "cut")
 MarkerKind = Literal["frames", "flow"]
 MARKER_KINDS: tuple[str, ...] = ("frames", "flow")
 
-FLOW_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
-FRAMES_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+FLOW_COMPRESSOR = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
+FRAMES_COMPRESSOR = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
 VECTOR_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")  # the small 1-D arrays
 
 # A video id becomes a Zarr node name and a path component: keep it to a safe alphabet.
