@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cpfs.config import IngestConfig
+from cpfs.errors import StoreError
 from cpfs.flow import make_backend
 from cpfs.ingest import ingest_video, plan_ranges, prepare_video
 from cpfs.records import VideoSource
@@ -92,6 +93,7 @@ def test_bad_video_fails_with_reason_and_stores_nothing(tmp_path, clip, kind):
 _KILL_SCRIPT = r"""
 import sys
 from cpfs.config import IngestConfig
+from cpfs.errors import StoreError
 from cpfs.ingest import ingest_video
 from cpfs.records import VideoSource
 cfg = IngestConfig.model_validate_json(sys.argv[2])
@@ -118,17 +120,18 @@ def test_sigkill_mid_video_then_rerun_equals_uninterrupted(tmp_path, sample_vide
     cfg_b = _cfg(tmp_path / "b.zarr", **kw)
     proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(clip), cfg_a.model_dump_json(by_alias=True)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    store_path = Path(cfg_a.store.path)
     deadline = time.time() + 120
     killed = False
     while time.time() < deadline and proc.poll() is None:
-        if store_path.exists():
+        try:  # the ingest is creating the store and the video's group while we look
             s = VideoStore.open(cfg_a.store, create=False)
-            ids = s.video_ids()
-            if any(s.done_ranges(v, "flow") for v in ids):
-                os.kill(proc.pid, signal.SIGKILL)
-                killed = True
-                break
+            done = any(s.done_ranges(v, "flow") for v in s.video_ids())
+        except StoreError:
+            done = False
+        if done:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+            break
         time.sleep(0.05)
     proc.wait(timeout=30)
     assert killed, f"ingest finished before it could be killed: {proc.stdout.read()!r} {proc.stderr.read()!r}"

@@ -17,29 +17,12 @@ from cpfs.kernels import (
     flow_kernel,
     median_pairwise_distance,
 )
+from cpfs.flow.metrics import read_flo, valid_flow_mask
 from cpfs.losses import kta
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 MIDDLEBURY = DATA / "middlebury"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend on the shared 2-core machine (measured 18x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def read_flo(path: Path) -> np.ndarray:
-    """Middlebury .flo -> (H, W, 2) float32 (u, v); unknown values (> 1e9) become NaN."""
-    raw = path.read_bytes()
-    assert np.frombuffer(raw[:4], np.float32)[0] == np.float32(202021.25), f"{path}: not a .flo file"
-    w, h = np.frombuffer(raw[4:12], np.int32)
-    flow = np.frombuffer(raw[12:], np.float32, count=int(w) * int(h) * 2).reshape(h, w, 2).copy()
-    flow[np.abs(flow) > 1e9] = np.nan
-    return flow
 
 
 def middlebury_flow_points(sequence: str, n: int, seed: int = 0) -> torch.Tensor:
@@ -47,8 +30,9 @@ def middlebury_flow_points(sequence: str, n: int, seed: int = 0) -> torch.Tensor
     path = MIDDLEBURY / sequence / "flow10.flo"
     if not path.exists():
         pytest.skip(f"Middlebury data not found at {path} (shared/ is not beside the repository)")
-    flow = read_flo(path).reshape(-1, 2)
-    known = np.flatnonzero(np.isfinite(flow).all(axis=1))
+    flow = read_flo(path)
+    known = np.flatnonzero(valid_flow_mask(flow).reshape(-1))
+    flow = flow.reshape(-1, 2)
     pick = np.random.default_rng(seed).choice(known, size=n, replace=False)
     return torch.from_numpy(flow[pick]).unsqueeze(0)
 

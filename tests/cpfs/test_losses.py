@@ -24,14 +24,6 @@ DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 MIDDLEBURY = DATA / "middlebury"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only contend on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def real_flow_points(n: int, sequence: str = "RubberWhale", batch: int = 2) -> torch.Tensor:
     """(batch, n, 2) ground-truth Middlebury flow at random known pixels (one draw per image)."""

@@ -32,14 +32,6 @@ DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 MIDDLEBURY = DATA / "middlebury"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU tensors: intra-op threads only contend on the shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def small_model(width: float = 0.25, embed_dim: int = 16, seed: int = 0) -> CPFSModel:
     torch.manual_seed(seed)

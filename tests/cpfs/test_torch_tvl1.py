@@ -30,14 +30,6 @@ from cpfs.flow.torch_tvl1 import (
 MIDDLEBURY = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "middlebury"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Many tiny tensor ops: on a busy 2-core machine OpenMP's thread hand-offs cost more than they save."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ---------------------------------------------------------------------------------------------- helpers
 

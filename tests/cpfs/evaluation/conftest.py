@@ -15,14 +15,6 @@ SHARED_DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 DAVIS_ROOT = SHARED_DATA / "davis"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def davis_root() -> Path:
     if not (DAVIS_ROOT / "JPEGImages" / "480p").is_dir():
