@@ -50,3 +50,12 @@ def test_fingerprints_follow_content(tmp_path):
     t = TrainStageConfig()
     assert train_fingerprint(t, "v1") != train_fingerprint(t, "v2")
     assert train_fingerprint(t, "v1") == train_fingerprint(t.model_copy(update={"fault_file": "x"}), "v1")
+
+
+def test_versioned_run_folder_per_store_version():
+    t = TrainStageConfig.model_validate({"run_dir": "runs/nightly", "version_runs": True})
+    a, b = t.for_store_version("v1"), t.for_store_version("v2")
+    assert a.run_dir.endswith("store-v1") and b.run_dir.endswith("store-v2")
+    assert a.for_store_version("v1") == a  # resolving twice does not nest folders
+    plain = TrainStageConfig()
+    assert plain.for_store_version("v1") is plain

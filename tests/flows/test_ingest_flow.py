@@ -84,3 +84,17 @@ def test_cli_help_explains_every_option(tmp_path):
     assert r.returncode == 0
     for opt in ("--store", "--backend", "--size", "--step", "--max-frames", "--dask-address"):
         assert opt in r.stdout
+
+
+def test_watched_folder_missing_or_empty_is_nothing_to_do(prefect_server, tmp_path):
+    from flows.ingest import ingest
+
+    empty = tmp_path / "watch-empty"
+    empty.mkdir()
+    for folder in (empty, tmp_path / "watch-missing"):
+        cfg = IngestConfig.model_validate({"inputs": [str(folder)], "watch": True,
+                                           "store": {"path": str(tmp_path / "store.zarr")}})
+        summary = ingest(cfg)
+        assert summary.results == ()
+    unwatched = IngestConfig.model_validate({"inputs": [str(empty)], "store": {"path": str(tmp_path / "s2.zarr")}})
+    assert ingest(unwatched, return_state=True).is_failed()
