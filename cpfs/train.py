@@ -23,6 +23,7 @@ GPU is exact up to that noise), and a different thread count (changes float summ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -272,6 +273,15 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (a checkpoint's content key for caching and provenance)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

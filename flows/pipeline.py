@@ -20,10 +20,9 @@ from prefect.states import Failed
 
 from cpfs.pipeline import PipelineConfig, Stage, evaluate_fingerprint, ingest_fingerprint, preflight, train_fingerprint
 from cpfs.records import IngestSummary
-from cpfs.train import latest_checkpoint
+from cpfs.train import file_sha256, latest_checkpoint
 from storage import VideoStore
 from tasks.pipeline import evaluate_stage, ingest_stage, train_stage
-from tasks.train import file_sha256
 
 
 @dataclass(frozen=True)
@@ -34,12 +33,11 @@ class PipelineSummary:
     headline: dict
 
 
-def _store_holds(summary_ids: list[str], config: PipelineConfig) -> bool:
+def _store_has_videos(config: PipelineConfig) -> bool:
     try:
-        complete = set(VideoStore.open(config.ingest.store, create=False).complete_ids())
+        return bool(VideoStore.open(config.ingest.store, create=False).complete_ids())
     except Exception:  # noqa: BLE001 - no store: nothing is held
         return False
-    return bool(complete) and set(summary_ids) <= complete
 
 
 def _forced(stage: str, force: list[str]):  # noqa: ANN202
@@ -67,7 +65,7 @@ def pipeline(config: PipelineConfig = PipelineConfig(), force: list[Stage] = [])
     key = ingest_fingerprint(ingest_cfg, ingest_cfg.inputs)
     # A cached ingest is trusted only while the store still holds what it stored.
     with _forced("ingest", force):
-        ingest_sum = ingest_stage.with_options(refresh_cache="ingest" in force or not _store_holds([], config))(
+        ingest_sum = ingest_stage.with_options(refresh_cache="ingest" in force or not _store_has_videos(config))(
             ingest_cfg, key)
     good = VideoStore.open(config.ingest.store, create=True).complete_ids()
     if not good:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 
 from cpfs.config import TrainStageConfig
-from cpfs.train import latest_checkpoint, read_checkpoint, read_metrics, train
+from cpfs.train import file_sha256, latest_checkpoint, read_checkpoint, read_metrics, train
 
 
 @dataclass(frozen=True)
@@ -33,14 +32,6 @@ class TrainSummary:
     final_metrics: dict
     seconds: float
     resumed_from: int  # step the run continued from (0: a fresh start)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class InjectedFailure(RuntimeError):

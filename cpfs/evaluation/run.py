@@ -73,7 +73,7 @@ from cpfs.evaluation.report import ReportPaths, write_report
 from cpfs.evaluation.segmentation import segmentation_probe
 from cpfs.model import AlexNetConfig, CPFSModel, CPFSModelConfig, sample_points
 from cpfs.records import FrameRange
-from cpfs.train import CheckpointError, latest_checkpoint, load_checkpoint, read_checkpoint
+from cpfs.train import CheckpointError, file_sha256, latest_checkpoint, load_checkpoint, read_checkpoint
 from storage import VideoStore
 
 Progress = Callable[[str, int, int], None]  # (stage description, done, total)
@@ -142,15 +142,6 @@ class EvalSummary:
 
 # -----------------------------------------------------------------------------------------------------------
 # Checkpoints
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
