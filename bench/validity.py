@@ -3,7 +3,7 @@ training steps, for each loss, beside random init and the trivial baselines (pro
 honestly"). Not run by CI: it trains for tens of CPU minutes.
 
 1. Store: every real video at hand, the three sample videos (``cpfs.video.sample_videos``) and the DAVIS
-   frame folders (``--davis``, default ``../shared/data/davis/JPEGImages/480p``), ingested with
+   frame folders (``--davis``, default ``../shared/data/davis-train/JPEGImages/480p``; never ``davis/``, the DAVIS evaluation), ingested with
    ``cpfs.ingest.ingest_video`` (DIS flow, short side ``--short-side`` 128). A video already complete in
    ``--store`` is skipped, so a store is reused across runs.
 2. Split: ``cpfs.data.plan_split`` with the demo preset's seed and fraction (whole videos; ``plan_split`` cannot
@@ -59,7 +59,8 @@ from cpfs.train_config import TrainConfig
 from cpfs.video import discover, sample_videos
 
 REPO = Path(__file__).resolve().parents[1]
-DAVIS = REPO.parent / "shared" / "data" / "davis" / "JPEGImages" / "480p"
+# Training frames only: ../shared/data/davis/ is the DAVIS evaluation and is never trained on.
+DAVIS = REPO.parent / "shared" / "data" / "davis-train" / "JPEGImages" / "480p"
 LOSSES = ("kta", "kta-centered", "ce", "ce-rev")
 METRICS = ("alignment_centered", "alignment")
 

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Sampler
 
 from cpfs.config import StoreConfig
 from cpfs.errors import StoreError
+from cpfs.motion import MOTION_COLUMNS
 from cpfs.records import FrameRange
 from cpfs.train_config import AugmentConfig
 from storage.fixed_point import decode_flow
@@ -243,7 +244,10 @@ def complete_videos(store_cfg: StoreConfig) -> dict[str, int]:
 
 
 class FlowPairDataset(Dataset):
-    """(frame t, flow t->t+1) pairs of complete videos, excluding pairs that straddle a shot cut.
+    """(frame t, flow t->t+1) pairs of complete videos, excluding pairs that straddle a shot cut and, with
+    ``min_moving_fraction > 0``, pairs with a smaller fraction of independently moving pixels (``cpfs.motion``,
+    stored at ingest): on them
+    the flow kernel is estimation noise (project issue 10).
 
     ``videos`` are video ids (all their frames) or ``FrameRange``s (frames ``[start, stop)``; pair t is used
     when ``start <= t`` and ``t + 1 < stop``). Item ``i`` is read as ``frames[t]`` and ``flow[t]`` (one Zarr
@@ -265,9 +269,13 @@ class FlowPairDataset(Dataset):
         crop: int,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        min_moving_fraction: float = 0.0,
     ) -> None:
         if crop < 1:
             raise ValueError(f"crop must be >= 1 px, got {crop}")
+        if not 0 <= min_moving_fraction < 1:
+            raise ValueError(f"min_moving_fraction must be in [0, 1), got {min_moving_fraction}")
+        self.min_moving_fraction = float(min_moving_fraction)
         self.store_cfg = store_cfg
         self.crop = int(crop)
         self.augment = augment
@@ -290,15 +298,20 @@ class FlowPairDataset(Dataset):
             start, stop = (0, n_pairs + 1) if rng is None else (rng.start, min(rng.stop, n_pairs + 1))
             t = np.arange(start, max(stop - 1, start), dtype=np.int64)  # pairs whose both frames are in range
             t = t[~cut[t]]
+            if self.min_moving_fraction > 0:
+                moving = store.read_motion(vid)[:, MOTION_COLUMNS.index("moving_fraction")]  # (T-1,); StoreError if absent
+                t = t[moving[t] >= self.min_moving_fraction]
             self.video_ids.append(vid)
             vid_index.append(np.full(t.shape, len(self.video_ids) - 1, dtype=np.int64))
             pair_t.append(t)
         self._vid = np.concatenate(vid_index) if vid_index else np.zeros(0, np.int64)
         self._t = np.concatenate(pair_t) if pair_t else np.zeros(0, np.int64)
         if len(self._t) < 2:
+            motion = (f" and pairs with fewer than min_moving_fraction={self.min_moving_fraction:g} of the pixels "
+                      "moving on their own" if self.min_moving_fraction > 0 else "")
             raise StoreError(
                 f"{store_cfg.path}: only {len(self._t)} usable frame pair(s) in videos {sorted(set(ids))} "
-                "(pairs across shot cuts are excluded); training needs at least 2"
+                f"(pairs across shot cuts{motion} are excluded); training needs at least 2"
             )
         self._store = None  # VideoStore, opened lazily, per process
         self._handles: dict[str, tuple] | None = None  # {video_id: (frames, flow, scale)} of this process

@@ -16,6 +16,7 @@ rank and the world size).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -84,10 +85,39 @@ def init_from_env(device: str | None = None, timeout_s: float = 300.0) -> DistCo
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=backend, device=dev)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (no-op for a single process)."""
-    if ctx.distributed and torch_dist.is_initialized():
+def shutdown(ctx: DistContext, *, graceful: bool = True, timeout_s: float = 60.0) -> None:
+    """Leave the process group, every rank together (no-op for a single process).
+
+    ``graceful`` (the normal end of a job; every rank must call it): a barrier, so no rank tears down
+    while another still communicates; then each rank destroys its process group, and rank 0, which hosts
+    the rendezvous store (``MASTER_ADDR:MASTER_PORT``), waits until every other rank reported through that
+    store that it has left before it returns. Without that wait rank 0 could exit, and take the store
+    down, while rank 1 was still inside its own teardown: gloo then aborted rank 1 with ``terminate called
+    without an active exception`` (SIGABRT), once in two runs of the test suite.
+
+    ``graceful=False`` (this rank failed): leave at once, no barrier; the other ranks then fail on their
+    next collective instead of waiting for this one.
+    """
+    if not (ctx.distributed and torch_dist.is_initialized()):
+        return
+    if not graceful:
         torch_dist.destroy_process_group()
+        return
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    store = _get_default_store()  # held here, so rank 0's store server outlives destroy_process_group
+    torch_dist.barrier()
+    torch_dist.destroy_process_group()
+    left = store.add("cpfs/left-process-group", 1)
+    if ctx.rank != 0:
+        return
+    deadline = time.monotonic() + timeout_s
+    while left < ctx.world_size:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {left} of {ctx.world_size} ranks left the process group within "
+                               f"{timeout_s:.0f} s of the final barrier")
+        time.sleep(0.01)
+        left = store.add("cpfs/left-process-group", 0)
 
 
 def barrier(ctx: DistContext) -> None:

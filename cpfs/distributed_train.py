@@ -3,7 +3,7 @@
     python -m cpfs.distributed_train --config cfg.json --store cpfs-data/store.zarr --run-dir runs/demo
     torchrun --nproc_per_node=2 -m cpfs.distributed_train --config '{"preset": "paper"}' --store ... --run-dir ...
 
-``--config`` is a JSON file or a JSON string: ``{"preset": "demo"|"paper", ...overrides}`` (the preset defaults
+``--config`` is a JSON file or a JSON string: ``{"preset": "demo"|"cpu-hour"|"paper", ...overrides}`` (the preset defaults
 to "demo"; any other key overrides a ``TrainConfig`` field, nested keys merge). ``--store-config`` likewise
 gives the other ``StoreConfig`` fields (storage options of an object store). Rank 0 prints one JSON line with
 the result at the end; the other ranks print nothing.
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(args.config)
     store_cfg = StoreConfig(path=args.store, **_json_arg(args.store_config, "--store-config"))
     ctx = init_from_env(cfg.device)
+    ok = False
     try:
         result = train(cfg, store_cfg, Path(args.run_dir), resume=args.resume, stop_after=args.stop_after, dist=ctx)
         in_sync = parameters_in_sync(result.model, ctx)
@@ -70,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                 "world_size": ctx.world_size,
                 "metrics": result.metrics,
             }), flush=True)
+        ok = True
     finally:
-        shutdown(ctx)
+        # Every rank leaves together after a final barrier on success; a failed rank leaves at once.
+        shutdown(ctx, graceful=ok)
     return 0
 
 

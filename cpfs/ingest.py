@@ -21,8 +21,10 @@ A video is ingested in three steps, each safe to run again after a crash:
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -30,12 +32,22 @@ import numpy as np
 
 import cpfs
 from cpfs.config import IngestConfig
-from cpfs.errors import StoreError, VideoError
+from cpfs.errors import CPFSError, StoreError, VideoError
 from cpfs.flow import make_backend, resolve_backend
 from cpfs.flow.cuts import detect_cuts, pair_histogram_distance
 from cpfs.flow.metrics import photometric_error
+from cpfs.motion import motion_statistics
 from cpfs.records import FrameRange, IngestResult, VideoRecord, VideoSource
-from cpfs.video import content_id, decode, decode_range, expected_frame_count, output_size, probe
+from cpfs.video import (
+    content_id,
+    decode,
+    decode_range,
+    discover,
+    expected_frame_count,
+    output_size,
+    probe,
+    sample_videos,
+)
 from storage import VideoStore
 
 ProgressFn = Callable[[int], None]  # called with the number of frame pairs just finished
@@ -49,6 +61,7 @@ class IngestPlan:
     ranges: tuple[FrameRange, ...]  # shard-aligned, covering [0, n_frames)
     backend: str  # concrete backend name (never "auto")
     backend_params: dict  # as recorded in the store
+    repaired: tuple[str, ...] = ()  # damage found in the complete copy this ingest replaces (empty: none)
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,18 @@ def plan_ranges(video_id: str, n_frames: int, shard_frames: int, shards_per_task
     return tuple(FrameRange(video_id, a, min(a + step, n_frames)) for a in range(0, n_frames, step))
 
 
+def _settings(cfg: IngestConfig, backend: str, backend_params: dict) -> dict:
+    """Everything that determines a video's stored arrays (``provenance``'s "settings")."""
+    return {
+        "decode": cfg.decode.model_dump(mode="json", exclude={"timeout_s"}),
+        "flow_backend": backend,
+        "flow_params": backend_params,
+        "shard_frames": cfg.store.shard_frames,
+        "flow_scale": cfg.store.flow_scale,
+        "flow_bound": cfg.store.flow_bound,
+    }
+
+
 def provenance(record: VideoRecord, cfg: IngestConfig, backend: str, backend_params: dict) -> dict:
     """Attributes that say where a video's arrays came from. Settings that change the arrays'
     contents are under ``settings``: a resumed ingest must have identical settings."""
@@ -83,51 +108,173 @@ def provenance(record: VideoRecord, cfg: IngestConfig, backend: str, backend_par
             "n_frames": record.meta.n_frames,
             "duration_s": record.meta.duration_s,
         },
-        "settings": {
-            "decode": cfg.decode.model_dump(mode="json", exclude={"timeout_s"}),
-            "flow_backend": backend,
-            "flow_params": backend_params,
-            "shard_frames": cfg.store.shard_frames,
-            "flow_scale": cfg.store.flow_scale,
-            "flow_bound": cfg.store.flow_bound,
-        },
+        "settings": _settings(cfg, backend, backend_params),
         "cpfs_version": cpfs.__version__,
     }
 
 
-def prepare_video(source: VideoSource, cfg: IngestConfig) -> IngestPlan | IngestResult:
-    """Probe, hash and register one source in the store. Returns an ``IngestResult`` with status
-    "skipped" when the video is already complete, else the plan for its ranges. Raises ``VideoError``
-    naming the file for a source that cannot be ingested."""
+class SettingsConflictError(CPFSError):
+    """A video is already complete in the store with other decode or flow settings (a store holds one set
+    of settings per video). The message names each parameter, the stored value and the requested one."""
+
+    def __init__(self, message: str, conflicts: Sequence[SettingConflict]) -> None:
+        super().__init__(message)
+        self.conflicts = tuple(conflicts)
+
+
+@dataclass(frozen=True)
+class SettingConflict:
+    """One setting of a stored video that differs from what an ingest asks for."""
+
+    parameter: str  # as the user sets it: "--size", "--backend", or the config field ("store.flow_bound (--config)")
+    stored: object
+    requested: object
+
+    def __str__(self) -> str:
+        return f"{self.parameter}: stored {_show(self.stored)}, requested {_show(self.requested)}"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return f"{value[0]}x{value[1]}"
+    return "none" if value is None else str(value)
+
+
+# Flow parameters that place the work rather than define the flow (not compared between ingests).
+_PLACEMENT_PARAMS = frozenset({"device", "batch_size"})
+# Command-line flags of flow parameters, by backend family; other parameters are set with --config.
+_FLOW_FLAGS = {
+    "tvl1": {"tau": "--tvl1-tau", "lambda": "--tvl1-lambda", "theta": "--tvl1-theta", "nscales": "--tvl1-scales",
+             "warps": "--tvl1-warps", "epsilon": "--tvl1-epsilon", "outer_iterations": "--tvl1-iterations"},
+    "farneback": {"levels": "--farneback-levels", "winsize": "--farneback-winsize"},
+    "dis": {"preset": "--dis-preset"},
+}
+
+
+def _flow_param_name(backend: str, key: str) -> str:
+    family = "tvl1" if "tvl1" in backend else "farneback" if "farneback" in backend else "dis"
+    return _FLOW_FLAGS[family].get(key) or f"flow.{family}.{key} (--config)"
+
+
+def settings_conflicts(stored: Mapping, requested: Mapping) -> list[SettingConflict]:
+    """The settings (as ``provenance(...)["settings"]`` writes them) in which a stored video differs from a
+    requested ingest, named as the user sets them. Flow parameters are compared only when the backend is
+    the same; where the work runs (torch device, batch size) is not compared."""
+    stored, requested = (json.loads(json.dumps(x)) for x in (stored, requested))  # as JSON reads them back
+    out = []
+    sd, rd = stored.get("decode", {}), requested.get("decode", {})
+    size = lambda d: d.get("size") or d.get("short_side")  # noqa: E731 - what --size sets
+    if size(sd) != size(rd):
+        out.append(SettingConflict("--size", size(sd), size(rd)))
+    for key, flag in (("step", "--step"), ("max_frames", "--max-frames")):
+        if sd.get(key) != rd.get(key):
+            out.append(SettingConflict(flag, sd.get(key), rd.get(key)))
+    for key in sorted((sd.keys() | rd.keys()) - {"size", "short_side", "step", "max_frames"}):
+        if sd.get(key) != rd.get(key):
+            out.append(SettingConflict(f"decode.{key} (--config)", sd.get(key), rd.get(key)))
+    if stored.get("flow_backend") != requested.get("flow_backend"):
+        out.append(SettingConflict("--backend", stored.get("flow_backend"), requested.get("flow_backend")))
+    else:
+        sp, rp = stored.get("flow_params") or {}, requested.get("flow_params") or {}
+        for key in sorted((sp.keys() | rp.keys()) - _PLACEMENT_PARAMS):
+            if sp.get(key) != rp.get(key):
+                out.append(SettingConflict(_flow_param_name(str(requested.get("flow_backend")), key),
+                                           sp.get(key), rp.get(key)))
+    for key, name in (("shard_frames", "--shard-frames"), ("flow_scale", "store.flow_scale (--config)"),
+                      ("flow_bound", "store.flow_bound (--config)")):
+        if stored.get(key) != requested.get(key):
+            out.append(SettingConflict(name, stored.get(key), requested.get(key)))
+    return out
+
+
+def requested_settings(cfg: IngestConfig) -> tuple[str, dict, dict]:
+    """The concrete backend, its parameters, and the ``settings`` an ingest with ``cfg`` records."""
+    backend = resolve_backend(cfg.flow)
+    params = make_backend(cfg.flow.model_copy(update={"backend": backend})).params()
+    return backend, params, _settings(cfg, backend, params)
+
+
+def _conflict_error(source: str, video_id: str, store_path: str,
+                    conflicts: Sequence[SettingConflict]) -> SettingsConflictError:
+    return SettingsConflictError(
+        f"{source}: this video (id {video_id}) is already in the store {store_path} with other settings: "
+        + "; ".join(map(str, conflicts))
+        + ". A store holds one set of decode and flow settings per video: ingest into another store "
+          "(--store), or ingest with the stored settings", conflicts)
+
+
+def check_stored_settings(cfg: IngestConfig) -> None:
+    """Reject, before any work, an ingest that asks for other settings than those of a video already
+    complete in the store (raises SettingsConflictError naming every such input and parameter).
+
+    Only inputs whose size equals a stored video's source size are hashed (the id is a content hash, so
+    no other input can be a stored video). A missing store or input is left to the ingest itself."""
+    try:
+        store = VideoStore.open(cfg.store, create=False)
+        stored = {vid: store.video_attrs(vid) for vid in store.complete_ids()}
+    except StoreError:
+        return
+    if not stored:
+        return
+    sizes = {int(a.get("size_bytes", -1)) for a in stored.values()}
+    _, _, requested = requested_settings(cfg)
+    sources, _ = discover(cfg.inputs or [str(p) for p in sample_videos()])
+    problems = []
+    for source in sources:
+        try:
+            if _source_size(source) not in sizes:
+                continue
+            vid = content_id(source)
+        except (OSError, VideoError):
+            continue  # the ingest reports it
+        if vid in stored and (conflicts := settings_conflicts(stored[vid]["settings"], requested)):
+            problems.append(_conflict_error(source.path, vid, cfg.store.path, conflicts))
+    if problems:
+        raise SettingsConflictError("\n".join(map(str, problems)), [c for p in problems for c in p.conflicts])
+
+
+def prepare_video(source: VideoSource, cfg: IngestConfig, video_id: str | None = None) -> IngestPlan | IngestResult:
+    """Probe, hash and register one source in the store (``video_id``: its content id when the caller
+    has hashed it already). Returns an ``IngestResult`` with status "skipped" when the video is already
+    complete and intact, else the plan for its ranges. Raises ``VideoError`` naming the file for a source
+    that cannot be ingested, and ``SettingsConflictError`` when the video is complete in the store with
+    other settings. A complete video whose stored objects are damaged (``VideoStore.check_video``, every
+    digest) is deleted and ingested again: the plan's ``repaired`` says what was wrong."""
     meta = probe(source, timeout_s=cfg.decode.timeout_s)
-    video_id = content_id(source)
+    video_id = video_id or content_id(source)
     store = VideoStore.open(cfg.store, create=True)
+    backend, backend_params, settings = requested_settings(cfg)
+    repaired: tuple[str, ...] = ()
     if store.is_complete(video_id):
-        return IngestResult(source=source.path, status="skipped", video_id=video_id,
-                            n_frames=int(store.frames(video_id).shape[0]))
+        attrs = store.video_attrs(video_id)
+        conflicts = settings_conflicts(attrs["settings"], settings)
+        if conflicts:
+            raise _conflict_error(source.path, video_id, cfg.store.path, conflicts)
+        damage = store.check_video(video_id, full=True)
+        if not damage:
+            return IngestResult(source=source.path, status="skipped", video_id=video_id,
+                                n_frames=int(attrs["n_frames"]), n_cuts=int(attrs.get("n_cuts", 0)),
+                                backend=attrs.get("backend"))
+        repaired = tuple(map(str, damage))
+        store.delete_video(video_id, force=True)  # its data cannot be trusted: ingest it again, whole
     width, height = output_size(meta, cfg.decode)
     n_frames = expected_frame_count(meta, cfg.decode)
     if n_frames is None:
         raise VideoError(source.path, "unknown frame count", "ffmpeg reported neither a frame count nor a duration")
     if n_frames < 2:
         raise VideoError(source.path, "too short", f"{n_frames} frame(s) after decoding; optical flow needs at least 2")
-    backend = resolve_backend(cfg.flow)
-    backend_params = make_backend(cfg.flow.model_copy(update={"backend": backend})).params()
     size_bytes = _source_size(source)
     record = VideoRecord(video_id=video_id, source=source, meta=meta, width=width, height=height,
                          n_frames=n_frames, size_bytes=size_bytes)
     store.begin_video(record, provenance(record, cfg, backend, backend_params))
     ranges = plan_ranges(video_id, n_frames, cfg.store.shard_frames, cfg.shards_per_task)
-    return IngestPlan(record=record, ranges=ranges, backend=backend, backend_params=backend_params)
+    return IngestPlan(record=record, ranges=ranges, backend=backend, backend_params=backend_params, repaired=repaired)
 
 
 def _source_size(source: VideoSource) -> int:
-    from pathlib import Path
-
-    p = Path(source.path)
-    if p.is_dir():
-        return sum(f.stat().st_size for f in p.iterdir() if f.is_file())
-    return p.stat().st_size
+    if os.path.isdir(source.path):
+        return sum(e.stat().st_size for e in os.scandir(source.path) if e.is_file())
+    return os.stat(source.path).st_size
 
 
 def _range_frames(plan: IngestPlan, cfg: IngestConfig, start: int, stop: int) -> Iterator[np.ndarray]:
@@ -169,7 +316,7 @@ def process_range(plan: IngestPlan, frame_range: FrameRange, cfg: IngestConfig,
         # Runs on a writer thread: the warp errors need the block's frames and flow, nothing later.
         err = np.array([photometric_error(block[i], block[i + 1], flow[i]) for i in range(flow.shape[0])],
                        dtype=np.float32)
-        store.write_flow(vid, start, flow, err)
+        store.write_flow(vid, start, flow, err)  # also stores the pairs' motion statistics (cpfs.motion)
 
     # Two writers: a block's frames and its flow are compressed and written concurrently (both release the GIL).
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"zarr-write-{vid[:8]}") as writer:
@@ -247,9 +394,14 @@ def finalize_video(plan: IngestPlan, cfg: IngestConfig, seconds: float = 0.0) ->
     cut = detect_cuts(pair_error, hist, cfg.cuts)
     clipped = store.count_clipped(vid)
     store.finalize(vid, cut, clipped, {"n_cuts": int(cut.sum()), "cut_pairs": np.flatnonzero(cut).tolist()})
+    extra: dict = {"clipped_pixels": int(clipped)}
+    note = None
+    if plan.repaired:
+        extra["repaired"] = list(plan.repaired)
+        more = len(plan.repaired) - 1
+        note = f"repaired: {plan.repaired[0]}" + (f" (+{more} more)" if more else "")
     return IngestResult(source=rec.source.path, status="stored", video_id=vid, n_frames=rec.n_frames,
-                        n_cuts=int(cut.sum()), backend=plan.backend, seconds=seconds,
-                        extra={"clipped_pixels": int(clipped)})
+                        n_cuts=int(cut.sum()), backend=plan.backend, seconds=seconds, extra=extra, note=note)
 
 
 def ingest_video(source: VideoSource, cfg: IngestConfig, progress: ProgressFn | None = None) -> IngestResult:
@@ -265,3 +417,24 @@ def ingest_video(source: VideoSource, cfg: IngestConfig, progress: ProgressFn | 
         return finalize_video(plan, cfg, time.perf_counter() - t0)
     except VideoError as e:
         return IngestResult(source=source.path, status="failed", error=str(e), seconds=time.perf_counter() - t0)
+
+
+def add_motion_statistics(store: VideoStore, progress: ProgressFn | None = None) -> list[str]:
+    """Upgrade a version-1 store: compute the motion statistics (``cpfs.motion``) of every complete video that
+    lacks them from its stored flow, shard by shard, then record format version 2. Returns the ids upgraded.
+    Safe to rerun: a video that already has its statistics is left alone."""
+    done = []
+    for vid in store.complete_ids():
+        if store.has_motion(vid):
+            continue
+        n_pairs = int(store.flow(vid).shape[0])
+        shard = int(store.video_attrs(vid)["layout"]["shard_frames"])
+        parts = []
+        for a in range(0, n_pairs, shard):
+            parts.append(motion_statistics(store.read_flow(vid, a, min(a + shard, n_pairs))))
+            if progress is not None:
+                progress(parts[-1].shape[0])
+        store.add_motion(vid, np.concatenate(parts))
+        done.append(vid)
+    store.set_format_version(2)
+    return done

@@ -18,6 +18,7 @@ looks one up. ``alignment`` is the evaluation metric (per image, no gradients).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -169,9 +170,18 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """The loss function called ``name``; ValueError listing the valid names otherwise."""
+# Losses that take a softmax temperature.
+TEMPERED: frozenset[str] = frozenset({"ce", "ce-rev"})
+
+
+def get_loss(name: str, *, temperature: float = 1.0) -> Callable[[Tensor, Tensor], Tensor]:
+    """The loss function called ``name`` (the ce losses with ``temperature`` bound); ValueError listing the
+    valid names otherwise. The alignment losses have no temperature and ignore it."""
     try:
-        return LOSSES[name]
+        fn = LOSSES[name]
     except KeyError:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}") from None
+    if name in TEMPERED:
+        _check_temperature(temperature)
+        return functools.partial(fn, temperature=temperature)
+    return fn

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 import cpfs
-from cpfs.config import IngestConfig, TrainStageConfig
+from cpfs.config import IngestConfig, StoreConfig, TrainStageConfig
 from cpfs.errors import BackendUnavailableError, CPFSError
 from cpfs.evaluation.config import EvalConfig
 
@@ -27,7 +28,7 @@ STAGES: tuple[str, ...] = ("ingest", "train", "evaluate")
 
 class PipelineConfig(BaseModel):
     """ingest -> train -> evaluate on one store. ``train.store`` and ``evaluate.store`` always equal
-    ``ingest.store``; ``evaluate.checkpoint`` defaults to the training run folder (its latest checkpoint)."""
+    ``ingest.store`` (given there too, they must be the same store); ``evaluate.checkpoint`` defaults to the training run folder (its latest checkpoint)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,24 +53,87 @@ class PipelineConfig(BaseModel):
                 run_dir = (train.run_dir if isinstance(train, BaseModel) else train.get("run_dir")) or "runs/demo"
                 sub = {"checkpoint": run_dir, "out": str(Path(run_dir) / "eval")}
             sub = sub.model_dump(mode="json", by_alias=True) if isinstance(sub, BaseModel) else dict(sub or {})
+            given = sub.get("store")
+            if given is not None and StoreConfig.model_validate(given) != StoreConfig.model_validate(store):
+                # One store for the whole pipeline: a different one given to a later stage is a mistake
+                # to name, not a value to replace silently.
+                raise ValueError(f"{stage}.store ({StoreConfig.model_validate(given).path}) differs from ingest.store "
+                                 f"({StoreConfig.model_validate(store).path}): the pipeline trains and "
+                                 "evaluates on the store it ingests into; give the store once, as ingest.store")
             sub["store"] = store
             data[stage] = sub
         return data
 
 
 class PreflightError(CPFSError):
-    """A pipeline parameter is wrong; the message names it."""
+    """A pipeline parameter is wrong; the message names it. ``parameter`` is the configuration field
+    (``ingest.store.path``) and ``reason`` what is wrong, for a command line to name its own flag."""
+
+    def __init__(self, message: str, *, parameter: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.reason = reason or message
+
+
+def _fail(parameter: str, reason: str) -> PreflightError:
+    return PreflightError(f"parameter {parameter}: {reason}", parameter=parameter, reason=reason)
+
+
+def writable_error(path: str) -> str | None:
+    """Why nothing can be written at ``path`` (a folder to create or fill), or None when it can.
+
+    Tried for real: a probe file is created and removed in ``path`` when it exists, else in its nearest
+    existing ancestor (so nothing is left behind, and no folder is created). Permission bits are not
+    enough: ``os.access`` says yes to root everywhere, /proc included. Object-store URLs are left to the
+    store's own opening."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    p = Path(path.removeprefix("file://")).expanduser().absolute()
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{path} cannot be created: {probe} is a file, not a folder"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".cpfs-write-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        return f"{path} is not writable: cannot create a file in {probe} ({e.strerror or e})"
+    return None
 
 
 def _writable(path: str, what: str) -> None:
-    if "://" in path and not path.startswith("file://"):
-        return  # object storage: checked when the store opens
-    p = Path(path.removeprefix("file://")).absolute()
-    probe = p
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise PreflightError(f"parameter {what}: {path} is not writable ({probe} is not a writable folder)")
+    reason = writable_error(path)
+    if reason:
+        raise _fail(what, reason)
+
+
+def check_inputs_exist(inputs: list[str], *, watch: bool, prefix: str = "") -> None:
+    """Every named input exists (a watched folder may not exist yet: nothing new is not an error)."""
+    for i, item in enumerate(inputs):
+        if not watch and not Path(item).exists():
+            raise _fail(f"{prefix}inputs[{i}]", f"{item} does not exist")
+
+
+def check_evaluation_data(ev: EvalConfig, prefix: str = "") -> None:
+    """The evaluation's data sets, cheaply (layout, class count, a header read of each image): a wrong
+    folder is named here, at the start, not minutes into the run by the protocol that reads it."""
+    from cpfs.evaluation.datasets import check_davis, check_image_folder, check_voc
+
+    checks = {"imagefolder": check_image_folder, "imagefolder_val": check_image_folder, "voc": check_voc}
+    for name, check in checks.items():
+        value = getattr(ev, name)
+        if value is not None:
+            try:
+                check(value)
+            except (OSError, ValueError) as e:
+                raise _fail(f"{prefix}{name}", str(e)) from None
+    if ev.davis is not None:
+        try:
+            check_davis(ev.davis, ev.davis_sequences)
+        except (OSError, ValueError) as e:
+            raise _fail(f"{prefix}davis", str(e)) from None
 
 
 def preflight(config: PipelineConfig) -> None:
@@ -77,22 +141,51 @@ def preflight(config: PipelineConfig) -> None:
     unwritable store or run folder, missing evaluation data folders."""
     from cpfs.flow import resolve_backend
 
-    for i, item in enumerate(config.ingest.inputs):
-        if not Path(item).exists() and not config.ingest.watch:  # a watched folder may not exist yet
-            raise PreflightError(f"parameter ingest.inputs[{i}]: {item} does not exist")
+    check_inputs_exist(config.ingest.inputs, watch=config.ingest.watch, prefix="ingest.")
     try:
         resolve_backend(config.ingest.flow)
     except BackendUnavailableError as e:
-        raise PreflightError(f"parameter ingest.flow.backend: {e}") from None
+        raise _fail("ingest.flow.backend", str(e)) from None
     _writable(config.ingest.store.path, "ingest.store.path")
     _writable(config.train.run_dir, "train.run_dir")
     ev = config.evaluate
     assert ev is not None
     _writable(ev.out, "evaluate.out")
-    for name in ("imagefolder", "imagefolder_val", "voc", "davis"):
-        value = getattr(ev, name)
-        if value is not None and not Path(value).is_dir():
-            raise PreflightError(f"parameter evaluate.{name}: {value} is not a folder")
+    check_evaluation_data(ev, prefix="evaluate.")
+    check_store_contents(config.ingest)
+
+
+def check_store_contents(config: IngestConfig) -> None:
+    """An existing store must be fit to train on after this run's ingest: every complete video intact
+    (``VideoStore.verify``'s quick check: each stored object present with its recorded size) or about to be
+    repaired by this ingest (its source is one of the inputs), and no input already stored with other
+    settings (``cpfs.ingest.check_stored_settings``). Raises PreflightError naming the store."""
+    from cpfs.errors import StoreError
+    from cpfs.ingest import SettingsConflictError, check_stored_settings
+    from cpfs.video import discover, sample_videos
+    from storage import VideoStore
+
+    try:
+        store = VideoStore.open(config.store, create=False)
+    except StoreError:
+        return  # no store yet (or not one): the ingest creates it, or names the problem
+    report = store.verify(full=False)
+    if report.damaged:
+        sources, _ = discover(config.inputs or [str(p) for p in sample_videos()])
+        inputs = {s.path for s in sources}
+        lost = {vid: problems for vid, problems in report.damaged.items()
+                if store.video_attrs(vid).get("source_path") not in inputs}
+        if lost:
+            raise _fail("ingest.store.path", f"{config.store.path} holds {len(lost)} damaged video(s) whose source "
+                        "is not among this run's inputs: " + "; ".join(
+                            f"{vid} ({store.video_attrs(vid).get('source_path')}): {problems[0]}"
+                            for vid, problems in lost.items())
+                        + f". Ingest their sources again to repair them (cpfs ingest SOURCE --store {config.store.path}), "
+                          "or use another store")
+    try:
+        check_stored_settings(config)
+    except SettingsConflictError as e:
+        raise _fail("ingest.store.path", str(e)) from None
 
 
 def _digest(obj: Any) -> str:

@@ -24,6 +24,8 @@ class VideoMeta:
     n_frames: int | None  # frame count when known exactly (container header or frame folder)
     duration_s: float | None  # duration when the container reports it
     codec: str  # e.g. "h264", or the image codec for frame folders ("mjpeg", "png")
+    rotation: int = 0  # display rotation, degrees counter-clockwise (0, 90, 180, 270): ffmpeg autorotates
+    sar: tuple[int, int] = (1, 1)  # sample (pixel) aspect ratio num:den; a pixel displays sar[0]/sar[1] wide
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class IngestResult:
     backend: str | None = None
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    note: str | None = None  # what the status line should add: "same content as X", "repaired: ..."
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,8 @@ class TrainResult:
 
 def build_model(cfg: TrainConfig) -> CPFSModel:
     """The CPFS network of ``cfg``: AlexNet trunk of width ``cfg.width``, embeddings of dimension ``cfg.embed_dim``."""
-    return CPFSModel(CPFSModelConfig(trunk=AlexNetConfig(width=cfg.width), embed_dim=cfg.embed_dim))
+    extra = {} if cfg.hypercolumn_layers is None else {"hypercolumn_layers": tuple(cfg.hypercolumn_layers)}
+    return CPFSModel(CPFSModelConfig(trunk=AlexNetConfig(width=cfg.width), embed_dim=cfg.embed_dim, **extra))
 
 
 def describe_architecture(model: CPFSModel) -> dict[str, Any]:
@@ -116,12 +117,14 @@ class CPFSObjective(nn.Module):
     sigma (B,))``. The network may run under autocast; kernels and loss always run in float32.
     """
 
-    def __init__(self, model: CPFSModel, loss: str, sigma: str | float) -> None:
+    def __init__(self, model: CPFSModel, loss: str, sigma: str | float, *, sigma_scale: float = 1.0,
+                 temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.loss_name = loss
-        self.loss_fn = get_loss(loss)  # ValueError listing the valid names
+        self.loss_fn = get_loss(loss, temperature=temperature)  # ValueError listing the valid names
         self.sigma_mode = sigma
+        self.sigma_scale = float(sigma_scale)
         self.learned_sigma = LearnedSigma() if sigma == "learned" else None
 
     def bandwidth(self, f: Tensor) -> Tensor:
@@ -129,7 +132,7 @@ class CPFSObjective(nn.Module):
         if self.learned_sigma is not None:
             return self.learned_sigma(f)
         if self.sigma_mode == "median":
-            return median_pairwise_distance(f)
+            return self.sigma_scale * median_pairwise_distance(f)
         return torch.full((f.shape[0],), float(self.sigma_mode), dtype=f.dtype, device=f.device)
 
     def forward(self, images: Tensor, flow: Tensor, points: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -142,6 +145,11 @@ class CPFSObjective(nn.Module):
             k_f = flow_kernel(f, sigma)  # (B, N, N)
             loss = self.loss_fn(k_phi, k_f)
         return loss, emb, k_phi, k_f, sigma
+
+
+def build_objective(model: CPFSModel, cfg: TrainConfig) -> CPFSObjective:
+    """``model`` with the loss, bandwidth rule and temperature of ``cfg``."""
+    return CPFSObjective(model, cfg.loss, cfg.sigma, sigma_scale=cfg.bandwidth_scale(), temperature=cfg.temperature)
 
 
 def build_optimizer(objective: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -455,14 +463,15 @@ def train(
 
     videos = complete_videos(store_cfg)
     split = plan_split(videos, cfg.holdout_fraction, cfg.seed, cfg.heldout_videos)
-    dataset = FlowPairDataset(store_cfg, split.train, crop=cfg.crop, augment=cfg.augment, seed=cfg.seed)
+    dataset = FlowPairDataset(store_cfg, split.train, crop=cfg.crop, augment=cfg.augment, seed=cfg.seed,
+                              min_moving_fraction=cfg.min_moving_fraction)
     version = store_version(store_cfg)
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     _seed_everything(cfg.seed)
     model = build_model(cfg)
-    objective = CPFSObjective(model, cfg.loss, cfg.sigma).to(device)
+    objective = build_objective(model, cfg).to(device)
     optimizer = build_optimizer(objective, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     amp_dtype = _amp_dtype(cfg, device)

@@ -28,6 +28,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import ffmpeg
@@ -64,7 +65,7 @@ _UNSUPPORTED = re.compile(
 _TRUNCATED = re.compile(
     r"partial file|moov atom not found|corrupt input packet|Packet corrupt|Invalid NAL unit size|"
     r"Error splitting the input into NAL units|Decoding error|error while decoding|premature end|"
-    r"Truncating packet|End of file",
+    r"Truncating packet|End of file|File ended prematurely",
     re.I,
 )
 _NOT_VIDEO = re.compile(
@@ -288,21 +289,25 @@ def _check_file(path: str) -> None:
 def probe(source: VideoSource, *, timeout_s: float = 60.0) -> VideoMeta:
     """Metadata of a source, found with the ffmpeg binary (no ffprobe, no decoding).
 
-    File: ``ffmpeg -hide_banner -nostdin [-ignore_editlist 1] -i PATH -map 0:v:0 -c copy -f null -``
-    (see ``_input_options``); stderr's header gives
-    codec, ``WxH``, fps (``fps``, else ``tbr``) and ``Duration``; the final ``frame=N`` of the stream copy
-    is the exact frame count. Frame folder: number of frames, first image's size, codec from the
-    extension, 25 fps. Raises VideoError naming the path ("missing", "empty file", "not a video",
-    "unsupported codec", "truncated", "ffmpeg timed out", "ffmpeg failed").
+    File: ``ffmpeg -hide_banner -nostdin [-ignore_editlist 1] -i PATH -map 0:v:0 -map 0:a? -c copy
+    -f framecrc -`` (see ``_input_options``; audio is copied too, as a file's duration may be its audio's): stderr's header gives codec, ``WxH``, sample aspect ratio,
+    display rotation, fps (``fps``, else ``tbr``) and ``Duration``; the stream copy lists every packet with
+    its timestamp, duration and size, without decoding (see ``_packet_census``). The frame count is the
+    number of non-empty video packets: an empty packet is a "repeat the previous frame" entry of an AVI
+    index (the decoder outputs nothing for it, so a video keeps its distinct frames only). A file whose
+    packets end well before the duration its header declares is truncated. Frame folder: number of frames,
+    first image's size, codec from the extension, 25 fps. Raises VideoError naming the path ("missing",
+    "empty file", "not a video", "unsupported codec", "truncated", "ffmpeg timed out", "ffmpeg failed").
     """
     if source.kind == "frames":
         return _probe_frames(source)
     path = source.path
     _check_file(path)
     opts = [x for k, v in _input_options(path).items() for x in (f"-{k}", str(v))]
-    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", *opts, "-i", path, "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", *opts, "-i", path, "-map", "0:v:0", "-map", "0:a?",
+           "-c", "copy", "-f", "framecrc", "-"]
     try:
-        res = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        res = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              timeout=timeout_s)
     except subprocess.TimeoutExpired as e:
         raise VideoError(path, "ffmpeg timed out", f"probe took over {timeout_s:g} s") from e
@@ -311,21 +316,89 @@ def probe(source: VideoSource, *, timeout_s: float = 60.0) -> VideoMeta:
     if res.returncode != 0:
         reason, line = found or ("ffmpeg failed", f"exit status {res.returncode}: " + " | ".join(lines[-3:]))
         raise VideoError(path, reason, line)
+    meta = _parse_header(path, lines, _packet_census(res.stdout.decode("ascii", "replace")))
     if found is not None and found[0] == "truncated":  # the stream copy hit the end of a cut-off file
         raise VideoError(path, *found)
-    return _parse_header(path, lines)
+    return meta
 
 
-def _parse_header(path: str, lines: Sequence[str]) -> VideoMeta:
-    """Parse ``ffmpeg -i`` stderr (input section only) and the final ``frame=`` of a stream copy."""
+# Truncation check: a file is cut off when its packets end this long before the duration its header
+# declares. Measured on good files (h264/mp4 with B-frames and edit lists, VFR mp4/mkv, VP9/webm, mpeg2
+# ts/ps, mjpeg/avi, y4m, Cinepak avi with repeat frames, audio longer than video): the last packet ends
+# within 0.4 % of the declared duration; a cut-off file ends where the bytes stop.
+_TRUNCATION_SLACK_S = 0.5  # seconds always tolerated
+_TRUNCATION_SLACK_FRAMES = 2  # frame durations always tolerated
+_TRUNCATION_SLACK_FRACTION = 0.01  # fraction of the declared duration tolerated
+_NOPTS = -(1 << 63)  # ffmpeg's AV_NOPTS_VALUE as framecrc prints it
+
+
+@dataclass(frozen=True)
+class _PacketCensus:
+    """What a stream copy to ``framecrc`` says about the packets of a file."""
+
+    video_packets: int  # packets of the first video stream
+    video_frames: int  # of those, the non-empty ones (an empty packet repeats the previous frame)
+    end_s: float | None  # end of the last packet of any copied stream, s from the start; None: no timestamps
+
+
+def _packet_census(text: str) -> _PacketCensus:
+    """Parse ``framecrc`` output: ``#tb N: num/den`` lines, then ``stream, dts, pts, duration, size, crc``.
+
+    Output stream 0 is the first video stream (it is mapped first). Timestamps are those of the copy, which
+    ffmpeg shifts to start at 0, so the end of the last packet is the length of the file's data.
+    """
+    tb: dict[int, float] = {}
+    packets = frames = 0
+    end: float | None = None
+    for ln in text.splitlines():
+        if ln.startswith("#"):
+            if m := re.match(r"#tb (\d+): (\d+)/(\d+)", ln):
+                tb[int(m.group(1))] = int(m.group(2)) / int(m.group(3))
+            continue
+        fields = ln.split(",")
+        if len(fields) < 5:
+            continue
+        try:
+            stream, dts, pts, dur, size = (int(f) for f in fields[:5])
+        except ValueError:
+            continue
+        if stream == 0:
+            packets += 1
+            frames += size > 0
+        t = pts if pts != _NOPTS else dts
+        if t != _NOPTS and stream in tb:
+            e = (t + max(dur, 0)) * tb[stream]
+            end = e if end is None else max(end, e)
+    return _PacketCensus(video_packets=packets, video_frames=frames, end_s=end)
+
+
+def _check_complete(path: str, census: _PacketCensus, duration: float | None, fps: float, estimated: bool) -> None:
+    """Raise VideoError "truncated" when the packets end well before the duration the header declares.
+
+    No check when the header declares no duration or ffmpeg only estimated it from the bitrate.
+    """
+    if duration is None or duration <= 0 or estimated or census.end_s is None:
+        return
+    slack = max(_TRUNCATION_SLACK_S, _TRUNCATION_SLACK_FRACTION * duration,
+                _TRUNCATION_SLACK_FRAMES / fps if fps > 0 else 0.0)
+    if census.end_s < duration - slack:
+        declared = f"~{round(duration * fps)}" if fps > 0 else "more"
+        raise VideoError(path, "truncated",
+                         f"decoded {census.video_frames} of {declared} frames: the data ends at "
+                         f"{census.end_s:.2f} s of the {duration:.2f} s its header declares")
+
+
+def _parse_header(path: str, lines: Sequence[str], census: _PacketCensus) -> VideoMeta:
+    """Parse ``ffmpeg -i`` stderr (input section only) and the packet census of a stream copy."""
     header: list[str] = []
     for ln in lines:
         if ln.startswith(("Output #", "Stream mapping")):
             break
         header.append(ln)
-    stream = next((ln for ln in header if re.match(r"Stream #\d+:\d+.*?: Video: ", ln)), None)
-    if stream is None:
+    i_stream = next((i for i, ln in enumerate(header) if re.match(r"Stream #\d+:\d+.*?: Video: ", ln)), None)
+    if i_stream is None:
         raise VideoError(path, "not a video", "ffmpeg finds no video stream")
+    stream = header[i_stream]
     codec = re.search(r": Video: ([^\s,(]+)", stream).group(1)  # type: ignore[union-attr]
     if codec == "none":
         raise VideoError(path, "unsupported codec", stream)
@@ -336,12 +409,23 @@ def _parse_header(path: str, lines: Sequence[str]) -> VideoMeta:
     fps = float(fps_m.group(1)) * (1000 if fps_m.group(2) else 1) if fps_m else 0.0
     dur_m = next((m for ln in header if (m := re.search(r"Duration: (\d+):(\d+):([\d.]+)", ln))), None)
     duration = int(dur_m.group(1)) * 3600 + int(dur_m.group(2)) * 60 + float(dur_m.group(3)) if dur_m else None
-    counts = [int(m.group(1)) for ln in lines for m in re.finditer(r"frame=\s*(\d+)", ln)]
-    n_frames = counts[-1] if counts else None
+    estimated = any("Estimating duration from bitrate" in ln for ln in lines)
+    sar_m = re.search(r"SAR (\d+):(\d+)", stream)
+    sar = (int(sar_m.group(1)), int(sar_m.group(2))) if sar_m else (1, 1)
+    if min(sar) <= 0:  # "SAR 0:1": unknown, square pixels
+        sar = (1, 1)
+    rotation = 0
+    for ln in header[i_stream + 1:]:  # the stream's side data, up to the next stream
+        if ln.startswith("Stream #"):
+            break
+        if m := re.search(r"rotation of (-?[\d.]+) degrees", ln):
+            rotation = round(float(m.group(1)) / 90) * 90 % 360
+    n_frames = census.video_frames if census.video_packets else None
     if n_frames == 0:
         raise VideoError(path, "not a video", "the video stream holds no frames")
+    _check_complete(path, census, duration, fps, estimated)
     return VideoMeta(width=int(size.group(1)), height=int(size.group(2)), fps=fps, n_frames=n_frames,
-                     duration_s=duration, codec=codec)
+                     duration_s=duration, codec=codec, rotation=rotation, sar=sar)
 
 
 def _probe_frames(source: VideoSource) -> VideoMeta:
@@ -371,16 +455,34 @@ def _even(x: float) -> int:
     return max(2, 2 * round(x / 2))
 
 
+def rotated_size(meta: VideoMeta) -> tuple[int, int]:
+    """(width, height) of the frames ffmpeg decodes, after its autorotation (90/270 degrees swap the sides)."""
+    if meta.rotation % 180 == 90:
+        return meta.height, meta.width
+    return meta.width, meta.height
+
+
+def display_size(meta: VideoMeta) -> tuple[int, int]:
+    """(width, height) as the video is shown: rotated as its display matrix says, and with square pixels
+    (the sample aspect ratio stretches the stored width: 720x576 at SAR 16:15 shows as 768x576)."""
+    w = meta.width * meta.sar[0] / meta.sar[1]
+    h = float(meta.height)
+    if meta.rotation % 180 == 90:
+        w, h = h, w
+    return max(1, round(w)), max(1, round(h))
+
+
 def output_size(meta: VideoMeta, cfg: DecodeConfig) -> tuple[int, int]:
-    """(width, height) of decoded frames.
+    """(width, height) of decoded frames, in the video's display geometry (``display_size``: rotation
+    applied, square pixels).
 
     ``cfg.size`` when set; else the shorter side becomes ``cfg.short_side`` and the other side
-    ``even(long * short_side / short)`` (aspect ratio kept, rounded to an even number); ``short_side``
-    None keeps the source size. Storage pixels are scaled (the sample aspect ratio is ignored).
+    ``even(long * short_side / short)`` (display aspect ratio kept, rounded to an even number);
+    ``short_side`` None keeps the display size.
     """
     if cfg.size is not None:
         return int(cfg.size[0]), int(cfg.size[1])
-    w, h = meta.width, meta.height
+    w, h = display_size(meta)
     if cfg.short_side is None:
         return w, h
     s = cfg.short_side
@@ -436,9 +538,10 @@ def _command(source: VideoSource, cfg: DecodeConfig, meta: VideoMeta, select: st
     if select is not None:
         v = v.filter("select", select)
     w, h = output_size(meta, cfg)
-    if (w, h) != (meta.width, meta.height):
+    rw, rh = rotated_size(meta)  # ffmpeg autorotates before our filters (its default, -autorotate)
+    if (w, h) != (rw, rh):
         # area averaging when shrinking (no aliasing), bicubic when enlarging
-        flags = "area" if w * h < meta.width * meta.height else "bicubic"
+        flags = "area" if w * h < rw * rh else "bicubic"
         v = v.filter("scale", w, h, flags=flags)
     out_kw: dict = {"format": "rawvideo", "pix_fmt": "rgb24", "fps_mode": "passthrough"}
     if n_max is not None:

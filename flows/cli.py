@@ -18,10 +18,14 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 
+import re  # noqa: E402
+
 import typer  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from cpfs.config import FLOW_BACKENDS, IngestConfig  # noqa: E402
+from cpfs.train_config import TrainConfig  # noqa: E402
+from flows.model_options import given_values, model_options, parameter_name, report_validation, with_options  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="CPFS pipeline: ingest videos, train, evaluate. Each command runs a Prefect flow.")
@@ -41,11 +45,46 @@ def parse_size(text: str | None) -> dict:
         raise typer.BadParameter(f"expected N (shorter side) or WxH, got {text!r}", param_hint="--size") from None
 
 
-def _fail_validation(e: ValidationError) -> None:
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        typer.secho(f"error: parameter {loc}: {err['msg']} (got {err.get('input')!r})", fg="red", err=True)
+def _fail_validation(e: ValidationError, flags: dict | None = None, config_file: Path | None = None) -> None:
+    """One line per error naming the flag the user typed (or the --config field), the value said once."""
+    report_validation(e, flags or {}, config_file)
+
+
+def _fail_preflight(e: Exception, flags: dict | None = None, config_file: Path | None = None,
+                    known: dict | None = None) -> None:
+    """A pre-flight error (``cpfs.pipeline.PreflightError``) as one line naming the flag; exit 2."""
+    parameter = getattr(e, "parameter", None)
+    if parameter:
+        loc = tuple(p for p in re.split(r"[.\[\]]", parameter) if p and not p.isdigit())
+        typer.secho(f"error: {parameter_name(loc, flags or {}, config_file, known)}: {e.reason}", fg="red", err=True)
+    else:
+        typer.secho(f"error: {e}", fg="red", err=True)
     raise typer.Exit(2)
+
+
+# Flags of `cpfs ingest` and `cpfs run` and the configuration fields they set (errors name the flag).
+_INGEST_FLAGS = {("inputs",): "INPUTS", ("store", "path"): "--store", ("store", "shard_frames"): "--shard-frames",
+                 ("decode", "short_side"): "--size", ("decode", "size"): "--size", ("decode", "step"): "--step",
+                 ("decode", "max_frames"): "--max-frames", ("flow", "backend"): "--backend",
+                 ("dask_address",): "--dask-address", ("n_workers",): "--workers",
+                 ("flow", "tvl1", "tau"): "--tvl1-tau", ("flow", "tvl1", "lambda"): "--tvl1-lambda",
+                 ("flow", "tvl1", "theta"): "--tvl1-theta", ("flow", "tvl1", "nscales"): "--tvl1-scales",
+                 ("flow", "tvl1", "warps"): "--tvl1-warps", ("flow", "tvl1", "epsilon"): "--tvl1-epsilon",
+                 ("flow", "tvl1", "outer_iterations"): "--tvl1-iterations",
+                 ("flow", "farneback", "levels"): "--farneback-levels",
+                 ("flow", "farneback", "winsize"): "--farneback-winsize", ("flow", "dis", "preset"): "--dis-preset"}
+
+
+def _given_flags(table: dict, given: dict, prefix: tuple = ()) -> dict:
+    """``{loc: flag}`` of the fields in ``table`` that the nested dict ``given`` (the flags' values) sets."""
+    out = {}
+    for loc, flag in table.items():
+        node = given
+        for part in loc:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            out[(*prefix, *loc)] = flag
+    return out
 
 
 def load_config_file(path: Path | None) -> dict:
@@ -71,19 +110,37 @@ def build_ingest_config(inputs: list[str], store: str | None, backend: str | Non
     """File values first, then the flags that were given (None: not given, the file or the default holds)."""
     data = load_config_file(config_file)
     given = lambda d: {k: v for k, v in d.items() if v is not None}  # noqa: E731
-    data = _merge(data, given({
+    flags = given({
         "inputs": list(inputs) or None,
         "store": given({"path": store, "shard_frames": shard_frames}) or None,
         "decode": given({"step": step, "max_frames": max_frames, **parse_size(size)}) or None,
         "flow": given({"backend": backend, **flow_overrides}) or None,
         "dask_address": dask_address,
         "n_workers": workers,
-    }))
+    })
+    data = _merge(data, flags)
+    named = _given_flags(_INGEST_FLAGS, flags)
     try:
-        return IngestConfig.model_validate(data)
+        cfg = IngestConfig.model_validate(data)
     except ValidationError as e:
-        _fail_validation(e)
+        _fail_validation(e, named, config_file)
         raise  # unreachable
+    _check_ingest(cfg, named, config_file)
+    return cfg
+
+
+def _check_ingest(cfg: IngestConfig, flags: dict, config_file: Path | None) -> None:
+    """Before Prefect starts: every named input exists, the backend is available, the store can be
+    written (tried with a probe file; nothing is created)."""
+    from cpfs.pipeline import PreflightError, check_inputs_exist, writable_error
+
+    try:
+        check_inputs_exist(cfg.inputs, watch=cfg.watch)
+        reason = writable_error(cfg.store.path)
+        if reason:
+            raise PreflightError(reason, parameter="store.path", reason=reason)
+    except PreflightError as e:
+        _fail_preflight(e, flags, config_file, known=_INGEST_FLAGS)
 
 
 def _flow_overrides(tvl1_tau, tvl1_lambda, tvl1_theta, tvl1_scales, tvl1_warps, tvl1_epsilon,
@@ -136,10 +193,22 @@ def ingest(
                                               tvl1_epsilon, tvl1_iterations, farneback_levels,
                                               farneback_winsize, dis_preset))
     _check_backend(cfg)
+    _check_stored_settings(cfg)
     from flows.ingest import ingest as ingest_flow
 
     state = ingest_flow(cfg, return_state=True)
     _report_ingest(state)
+
+
+def _check_stored_settings(cfg: IngestConfig) -> None:
+    """Reject, before Prefect starts, other settings for a video the store already holds complete (exit 2)."""
+    from cpfs.ingest import SettingsConflictError, check_stored_settings
+
+    try:
+        check_stored_settings(cfg)
+    except SettingsConflictError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
 
 
 def _check_backend(cfg: IngestConfig) -> None:
@@ -150,7 +219,7 @@ def _check_backend(cfg: IngestConfig) -> None:
     try:
         resolve_backend(cfg.flow)
     except BackendUnavailableError as e:
-        typer.secho(f"error: parameter --backend: {e}", fg="red", err=True)
+        typer.secho(f"error: --backend: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
 
 
@@ -167,6 +236,8 @@ def _report_ingest(state) -> None:  # noqa: ANN001
             line = f"  {r.status:8s} {r.source}"
             if r.video_id:
                 line += f"  id={r.video_id} frames={r.n_frames} cuts={r.n_cuts}"
+            if r.note and not r.error:
+                line += f"  ({r.note})"
             if r.error:
                 line += f"  error: {r.error}"
             typer.echo(line)
@@ -175,43 +246,71 @@ def _report_ingest(state) -> None:  # noqa: ANN001
         raise typer.Exit(1)
 
 
-def build_train_stage(store: str | None, run_dir: str | None, loss: str | None, preset: str | None,
-                      steps: int | None, resume: bool | None, nproc: int | None, device: str | None,
-                      config_file: Path | None):
-    """File values first (a TrainStageConfig as JSON), then the flags that were given."""
+# Every TrainConfig field is a `cpfs train` option (nested ones flattened: --optimizer-lr), derived from the
+# model so that a new field appears on the command line by itself; `preset` is the option that starts them.
+TRAIN_OPTIONS = model_options(TrainConfig, exclude={"preset"}, panel="Training configuration (overrides the preset)")
+_TRAIN_STAGE_FLAGS = {("store", "path"): "--store", ("run_dir",): "--run-dir", ("resume",): "--resume",
+                      ("nproc_per_node",): "--nproc-per-node", ("train", "preset"): "--preset"}
+
+
+def build_train_stage(store: str | None, run_dir: str | None, preset: str | None, resume: bool | None,
+                      nproc: int | None, config_file: Path | None, train_values: dict | None = None,
+                      train_flags: dict | None = None):
+    """File values first (a TrainStageConfig as JSON), then the flags that were given. ``train_values``
+    are TrainConfig fields from the derived options (nested dict), ``train_flags`` their ``{loc: flag}``."""
     from cpfs.config import TrainStageConfig
-    from cpfs.train_config import TrainConfig
 
     data = load_config_file(config_file)
-    t_over = dict(data.get("train") or {})
-    t_over.update({k: v for k, v in {"loss": loss, "steps": steps, "device": device}.items() if v is not None})
+    t_over = _merge(dict(data.get("train") or {}), train_values or {})
     stage = {k: v for k, v in data.items() if k != "train"}
-    stage = _merge(stage, {k: v for k, v in {"store": {"path": store} if store else None, "run_dir": run_dir,
-                                              "resume": resume, "nproc_per_node": nproc}.items() if v is not None})
+    given = {k: v for k, v in {"store": {"path": store} if store else None, "run_dir": run_dir,
+                                "resume": resume, "nproc_per_node": nproc}.items() if v is not None}
+    stage = _merge(stage, given)
+    flags = {**_given_flags(_TRAIN_STAGE_FLAGS, {**given, **({"train": {"preset": preset}} if preset else {})}),
+             **{("train", *loc): flag for loc, flag in (train_flags or {}).items()}}
     try:
         tcfg = TrainConfig.from_preset(preset or t_over.pop("preset", "demo"), **t_over)
         return TrainStageConfig.model_validate({**stage, "train": tcfg.model_dump(mode="json")})
     except ValidationError as e:
-        _fail_validation(e)
+        # TrainConfig's own errors have locations inside it; the stage's are already stage-level.
+        inner = all(err["loc"] and err["loc"][0] not in TrainStageConfig.model_fields for err in e.errors())
+        if inner:
+            flags = {loc[1:]: f for loc, f in flags.items() if loc[:1] == ("train",)}
+        _fail_validation(e, flags, config_file)
     except ValueError as e:  # an unknown preset
-        typer.secho(f"error: parameter --preset: {e}", fg="red", err=True)
+        typer.secho(f"error: --preset: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
 
 
-@app.command()
+def _check_train(stage, flags: dict, config_file: Path | None) -> None:  # noqa: ANN001 - TrainStageConfig
+    """Before Prefect starts: the run folder can be written (tried with a probe file), the store exists."""
+    from cpfs.pipeline import PreflightError, writable_error
+
+    reason = writable_error(stage.run_dir)
+    if reason:
+        _fail_preflight(PreflightError(reason, parameter="run_dir", reason=reason), flags, config_file,
+                        _TRAIN_STAGE_FLAGS)
+    p = stage.store.path
+    if "://" not in p and not Path(p).is_dir():
+        reason = f"{p} is not a store (no such folder; write one with 'cpfs ingest')"
+        _fail_preflight(PreflightError(reason, parameter="store.path", reason=reason), flags, config_file,
+                        _TRAIN_STAGE_FLAGS)
+
+
 def train(
     store: Annotated[Optional[str], typer.Option(help="Zarr store written by 'cpfs ingest' (folder or fsspec URL). Default cpfs-data/store.zarr.")] = None,
     run_dir: Annotated[Optional[str], typer.Option(help="Run folder: metrics.jsonl and checkpoints/. Default runs/demo.")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="kta, kta-centered, ce or ce-rev (default: the preset's).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="demo (CPU, minutes; default) or paper (AlexNet 224 px on a GPU).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimisation steps (default: the preset's).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="The values training starts from: demo (CPU, minutes; default), paper (AlexNet 224 px on a GPU), or another preset of cpfs.train_config.PRESETS; the options below override them.")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="Continue from the run folder's latest checkpoint (default: yes).")] = None,
     nproc_per_node: Annotated[Optional[int], typer.Option(help="Processes; more than 1 launches torchrun (DDP). Default 1.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="torch device, e.g. cpu or cuda (default: the preset's).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="JSON file with a TrainStageConfig; flags override it.")] = None,
+    **train_fields,  # noqa: ANN003 - the TRAIN_OPTIONS, added to the signature by with_options
 ) -> None:
     """Train the CPFS network on an existing store (Prefect flow 'train')."""
-    stage = build_train_stage(store, run_dir, loss, preset, steps, resume, nproc_per_node, device, config)
+    values, flags = given_values(TRAIN_OPTIONS, train_fields)
+    stage = build_train_stage(store, run_dir, preset, resume, nproc_per_node, config, values, flags)
+    named = {**_given_flags(_TRAIN_STAGE_FLAGS, {"store": {"path": store}, "run_dir": run_dir})}
+    _check_train(stage, named, config)
     from flows.train import train as train_flow
 
     state = train_flow(stage, return_state=True)
@@ -220,6 +319,9 @@ def train(
         raise typer.Exit(1)
     s = state.result()
     typer.echo(f"checkpoint: {s.checkpoint}  steps: {s.steps}  loss: {s.final_metrics.get('loss', float('nan')):.4f}")
+
+
+app.command("train")(with_options(train, TRAIN_OPTIONS))
 
 
 @app.command()
@@ -242,7 +344,6 @@ def run(
     """The whole pipeline: ingest -> train -> evaluate (Prefect flow 'pipeline'). With no options, the main
     job on the embedded default: the sample videos, demo presets, a local Prefect with SQLite."""
     from cpfs.pipeline import STAGES, PipelineConfig, PreflightError, preflight
-    from cpfs.train_config import TrainConfig
 
     for stage in force or []:
         if stage not in STAGES:
@@ -261,15 +362,28 @@ def run(
     ev.setdefault("checkpoint", tr["run_dir"])
     ev.setdefault("out", str(Path(tr["run_dir"]) / "eval"))
     ev.update({k: v for k, v in {"seeds": seeds, "davis": davis}.items() if v is not None})
+    named = {**_given_flags(_INGEST_FLAGS, flags, prefix=("ingest",)),
+             **{loc: flag for loc, flag, value in ((("train", "run_dir"), "--run-dir", run_dir),
+                                                   (("train", "train", "loss"), "--loss", loss),
+                                                   (("train", "train", "steps"), "--steps", steps),
+                                                   (("evaluate", "seeds"), "--seeds", seeds),
+                                                   (("evaluate", "davis"), "--davis", davis)) if value is not None}}
     try:
-        tr["train"] = TrainConfig.from_preset(preset or t_over.pop("preset", "demo"), **t_over).model_dump(mode="json")
+        tcfg = TrainConfig.from_preset(preset or t_over.pop("preset", "demo"), **t_over)
+    except ValidationError as e:
+        _fail_validation(e, {loc[2:]: f for loc, f in named.items() if loc[:2] == ("train", "train")}, config)
+    except ValueError as e:  # an unknown preset
+        typer.secho(f"error: --preset: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    tr["train"] = tcfg.model_dump(mode="json")
+    try:
         pcfg = PipelineConfig.model_validate({"ingest": ing, "train": tr, "evaluate": ev})
         preflight(pcfg)
     except ValidationError as e:
-        _fail_validation(e)
-    except (PreflightError, ValueError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        _fail_validation(e, named, config)
+    except PreflightError as e:
+        _fail_preflight(e, named, config, known={("ingest", *k): v for k, v in _INGEST_FLAGS.items()}
+                        | {("train", "run_dir"): "--run-dir"})
     from flows.pipeline import pipeline
 
     state = pipeline(pcfg, force=list(force or []), return_state=True)
@@ -303,6 +417,88 @@ def server(
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+@app.command()
+def verify(
+    store: Annotated[str, typer.Option(help="Zarr store to check: a folder or an fsspec URL.")] = "cpfs-data/store.zarr",
+    quick: Annotated[bool, typer.Option("--quick", help="Check only that every stored object is present with its recorded size (no reading).")] = False,
+) -> None:
+    """Check every complete video of a store against the manifest written when it was stored: every shard
+    present, of its size and (unless --quick) with its digest. Lists damaged videos and exits 1; exits 0
+    with a summary when the store is intact. Re-ingesting a damaged video's source repairs it."""
+    from cpfs.config import StoreConfig
+    from cpfs.errors import StoreError
+    from storage import VideoStore
+
+    try:
+        vs = VideoStore.open(StoreConfig(path=store), create=False)
+        report = vs.verify(full=not quick)
+    except StoreError as e:
+        typer.secho(f"error: --store: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    for vid, problems in report.damaged.items():
+        source = vs.video_attrs(vid).get("source_path", "?")
+        typer.echo(f"damaged  {vid}  {source}")
+        for p in problems:
+            typer.echo(f"    {p}")
+    what = "sizes" if quick else "digests"
+    typer.echo(f"store: {store}  {len(report.checked)} complete video(s) checked ({report.n_objects} objects, "
+               f"{report.n_bytes / 1e6:.1f} MB, {what}): {len(report.damaged)} damaged"
+               + (f"; {len(report.unverifiable)} stored before manifests (not checkable)" if report.unverifiable else "")
+               + (f"; {len(report.incomplete)} incomplete (unfinished ingests, invisible to readers)" if report.incomplete else ""))
+    if report.damaged:
+        typer.secho(f"{len(report.damaged)} damaged video(s): ingest their sources again to repair them "
+                    f"(cpfs ingest SOURCE --store {store})", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def upgrade(
+    store: Annotated[str, typer.Option(help="Zarr store to upgrade: a folder or an fsspec URL.")] = "cpfs-data/store.zarr",
+) -> None:
+    """Bring a store written by an older version up to the current format: compute the per-pair motion
+    statistics (format 2) of every complete video that lacks them from its stored flow. Nothing stored is
+    changed; a rerun does nothing."""
+    from cpfs.config import StoreConfig
+    from cpfs.errors import StoreError
+    from cpfs.ingest import add_motion_statistics
+    from storage import VideoStore
+
+    try:
+        vs = VideoStore.open(StoreConfig(path=store), create=False)
+        before = vs.format_version
+        done = add_motion_statistics(vs)
+    except StoreError as e:
+        typer.secho(f"error: --store: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"store: {store}  format {before} -> {vs.format_version}; motion statistics added to "
+               f"{len(done)} video(s)")
+
+
+@app.command()
+def recover(
+    run_id: Annotated[str, typer.Argument(help="The flow run id (`cpfs run` prints it; the UI shows it).")],
+    force: Annotated[bool, typer.Option(help="Also when a process on this machine still runs it (it is hung).")] = False,
+) -> None:
+    """Mark a flow run left Running by a dead process, and its unfinished subflow and task runs, Crashed,
+    so that `prefect flow-run retry RUN_ID` accepts it. Needs PREFECT_API_URL (the server holding the run)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.secho("error: PREFECT_API_URL is not set: point it at the Prefect server that holds the run "
+                    "(a temporary server, started without it, knows no earlier run)", fg="red", err=True)
+        raise typer.Exit(2)
+    from flows.recovery import RecoverError
+    from flows.recovery import recover as recover_run
+
+    try:
+        before, changed = recover_run(run_id, force=force)
+    except RecoverError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"flow run {run_id} was {before}; marked Crashed: {len(changed.flow_runs)} flow run(s), "
+               f"{len(changed.task_runs)} task run(s)")
+    typer.echo(f"retry it with: prefect flow-run retry {run_id}"
+               + (" --entrypoint flows/pipeline.py:pipeline   (for a run started by `cpfs run`)"))
 
 
 def _register_stage_commands() -> None:

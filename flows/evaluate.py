@@ -23,6 +23,9 @@ from pydantic import ValidationError
 from cpfs.evaluation.config import EvalConfig
 from cpfs.evaluation.report import PROTOCOL_TITLES, results_markdown_table
 from cpfs.evaluation.run import EvalSummary
+from cpfs.pipeline import check_evaluation_data
+from flows.model_options import (given_values, merge, model_options, option_flags, parameter_name, report_validation,
+                                 with_options)
 from tasks.evaluate import PROTOCOL_TASKS, check_inputs, write_report
 
 
@@ -53,6 +56,7 @@ def evaluate(config: EvalConfig) -> EvalSummary:
     """Every configured protocol on the checkpoint(s), random init and baselines; report and artifacts."""
     logger = get_run_logger()
     t0 = time.perf_counter()
+    check_evaluation_data(config)  # data set layouts and image headers first: a bad folder fails in seconds
     inputs = check_inputs(config)
     names = config.protocols()
     logger.info("evaluating %s (sha256 %s) on held-out %s of %s (index %s): %s", config.checkpoint,
@@ -78,50 +82,63 @@ def evaluate(config: EvalConfig) -> EvalSummary:
 # The `cpfs evaluate` command (registered in flows.cli)
 
 
-def build_eval_config(store: str, checkpoint: str, out: str, imagefolder: str | None, imagefolder_val: str | None,
-                      voc: str | None, davis: str | None, compare: list[str], seeds: int | None,
-                      threads: int | None, config_file: Path | None) -> EvalConfig:
-    """An ``EvalConfig`` from a JSON file (optional) overridden by the command's flags."""
+# Every EvalConfig field is a `cpfs evaluate` option, derived from the model (a new field appears by itself);
+# the store is the one exception: `--store PATH` sets its path (the rest of StoreConfig comes from --config).
+EVAL_OPTIONS = model_options(EvalConfig, exclude={"store"})
+_STORE_FLAG = {("store", "path"): "--store"}
+
+
+def build_eval_config(store: str | None, config_file: Path | None, values: dict,
+                      flags: dict) -> tuple[EvalConfig, dict]:
+    """An ``EvalConfig`` from a JSON file (optional) overridden by the flags that were given (a flag not
+    given leaves the file's value, or the model's default). Returns it with ``{loc: flag}`` of the given
+    flags, for error messages."""
     data: dict[str, Any] = {}
     if config_file is not None:
         try:
             data = json.loads(config_file.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise typer.BadParameter(f"{config_file}: {e}", param_hint="--config") from None
-    flags = {"checkpoint": checkpoint, "out": out, "imagefolder": imagefolder, "imagefolder_val": imagefolder_val,
-             "voc": voc, "davis": davis, "seeds": seeds, "threads": threads}
-    data.update({k: v for k, v in flags.items() if v is not None})
-    data["store"] = {**data.get("store", {}), "path": store}
-    if compare:
-        data["compare"] = list(compare)
+        if not isinstance(data, dict):
+            raise typer.BadParameter(f"{config_file}: expected a JSON object (an EvalConfig)", param_hint="--config")
+    data = merge(data, values)
+    flags = dict(flags)
+    if store is not None:
+        data = merge(data, {"store": {"path": store}})
+        flags.update(_STORE_FLAG)
     try:
-        return EvalConfig.model_validate(data)
+        return EvalConfig.model_validate(data), flags
     except ValidationError as e:
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            typer.secho(f"error: parameter {loc}: {err['msg']} (got {err.get('input')!r})", fg="red", err=True)
-        raise typer.Exit(2) from None
+        report_validation(e, flags, config_file, known={**option_flags(EVAL_OPTIONS), **_STORE_FLAG})
+        raise  # unreachable: report_validation exits
 
 
 def evaluate_command(
-    checkpoint: Annotated[str, typer.Option(help="CPFS checkpoint (.pt) or training run folder (its latest checkpoint).")],
-    store: Annotated[str, typer.Option(help="Zarr store with the held-out video: a folder or an fsspec URL.")] = "cpfs-data/store.zarr",
-    out: Annotated[str, typer.Option(help="Output folder: results.json, report.md, report.html, figures/.")] = "runs/eval",
-    imagefolder: Annotated[Optional[str], typer.Option(help="ImageFolder (class folders) for the linear probe. Default: scikit-learn digits, smoke scale.")] = None,
-    imagefolder_val: Annotated[Optional[str], typer.Option(help="Held-out ImageFolder for the probe (e.g. ImageNet val/). Default: a split.")] = None,
-    voc: Annotated[Optional[str], typer.Option(help="Pascal VOC root for the segmentation probe (JPEGImages/, SegmentationClass/, ImageSets/).")] = None,
-    davis: Annotated[Optional[str], typer.Option(help="DAVIS root for label propagation (JPEGImages/480p/, Annotations/480p/).")] = None,
-    compare: Annotated[Optional[list[str]], typer.Option(help="Another checkpoint to compare (repeatable).")] = None,
-    seeds: Annotated[Optional[int], typer.Option(help="Seeds (random-init networks, probe splits). Default 3.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads. Default: one per core.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="JSON file with an EvalConfig; flags override it.")] = None,
+    store: Annotated[Optional[str], typer.Option(help="Zarr store with the held-out video: a folder or an fsspec URL. Default cpfs-data/store.zarr.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file with an EvalConfig; the flags given override it.")] = None,
+    **fields: Any,
 ) -> None:
-    """Evaluate a checkpoint against a random-init network and baselines; write the report."""
-    cfg = build_eval_config(store, checkpoint, out, imagefolder, imagefolder_val, voc, davis, compare or [], seeds,
-                            threads, config)
+    """Evaluate a checkpoint against a random-init network and baselines; write the report.
+
+    --checkpoint is required, on the command line or in --config."""
+    values, flags = given_values(EVAL_OPTIONS, fields)
+    cfg, flags = build_eval_config(store, config, values, flags)
     from cpfs.errors import CPFSError
     from cpfs.evaluation.run import prepare
+    from cpfs.pipeline import PreflightError, check_evaluation_data, writable_error
 
+    def fail(parameter: tuple[str, ...], reason: str) -> None:
+        known = {**option_flags(EVAL_OPTIONS), **_STORE_FLAG}
+        typer.secho(f"error: {parameter_name(parameter, flags, config, known)}: {reason}", fg="red", err=True)
+        raise typer.Exit(2)
+
+    reason = writable_error(cfg.out)
+    if reason:
+        fail(("out",), reason)
+    try:  # the data sets: layout, class count, each file's header (seconds, not minutes into the run)
+        check_evaluation_data(cfg)
+    except PreflightError as e:
+        fail((e.parameter or "",), e.reason)
     try:  # reject bad inputs before Prefect starts: no server, no run, a clear message
         prepare(cfg)
     except (CPFSError, FileNotFoundError, ValueError) as e:
@@ -135,3 +152,6 @@ def evaluate_command(
     typer.echo(f"report: {summary.report_html}\nresults: {summary.results_json}\ntook {summary.seconds:.0f} s")
     for key, values in summary.headline.items():
         typer.echo(f"  {key}: " + ", ".join(f"{s}={v:.3f}" for s, v in values.items()))
+
+
+evaluate_command = with_options(evaluate_command, EVAL_OPTIONS)

@@ -7,7 +7,11 @@ share the Prefect client of the flow), or an existing cluster at ``config.dask_a
 task runner depends on a parameter, the graph runs in the subflow ``ingest-videos``.
 
 A bad video fails alone: its error names the file and the reason, every other video completes, and the
-run ends Failed with a message listing the failed videos. Nothing stored earlier is overwritten.
+run ends Failed with a message listing the failed videos. Nothing stored earlier is overwritten, except a
+complete video found damaged (a lost or altered shard), which is ingested again. Inputs with the same
+content (a file and its copy) are one video: it is processed once, and every input gets its own result.
+
+The local Dask cluster listens on loopback only, and serves no dashboard (see ``task_runner_for``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from cpfs.ingest import IngestPlan
 from cpfs.records import IngestResult, IngestSummary, VideoSource
 from cpfs.video import discover, sample_videos
 from storage import VideoStore
-from tasks.ingest import finalize_video, prepare_video, process_range, write_index
+from tasks.ingest import finalize_video, identify_video, prepare_video, process_range, write_index
 
 
 # Dask's scheduler and workers log every start and stop at INFO; the run's own log is what users read.
@@ -38,12 +42,18 @@ logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 def task_runner_for(config: IngestConfig) -> DaskTaskRunner:
-    """An existing Dask cluster when an address is given, else a local threaded one."""
+    """An existing Dask cluster when an address is given, else a local threaded one.
+
+    The local cluster's scheduler and worker talk in-process (``inproc://``). Each still starts an HTTP
+    server (health and metrics routes; ``dashboard_address=None`` does not stop it and means all
+    interfaces): both are bound to 127.0.0.1 on a free port, and the scheduler serves no dashboard pages.
+    Nothing of an ingest listens beyond loopback."""
     if config.dask_address:
         return DaskTaskRunner(address=config.dask_address)
     n = config.n_workers or os.cpu_count() or 1
     return DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": n, "processes": False,
-                                          "dashboard_address": None})
+                                          "dashboard_address": "127.0.0.1:0", "worker_dashboard_address": "127.0.0.1:0",
+                                          "scheduler_kwargs": {"dashboard": False}})
 
 
 def resolve_inputs(config: IngestConfig) -> IngestConfig:
@@ -65,7 +75,24 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
     t0 = time.perf_counter()
     results: list[IngestResult] = []
     plans: list[IngestPlan] = []
-    prepared = [(s, prepare_video.submit(s, config)) for s in sources]
+    # Same content under several names is one video: the first source (in path order) is processed,
+    # the others get its outcome with a note. Nothing of a duplicate is submitted.
+    first_of: dict[str, VideoSource] = {}
+    duplicates: list[tuple[VideoSource, VideoSource]] = []
+    unique: list[tuple[VideoSource, str]] = []
+    for source, fut in [(s, identify_video.submit(s)) for s in sources]:
+        try:
+            vid = fut.result()
+        except Exception as e:  # noqa: BLE001 - a bad video fails alone
+            logger.error("video failed: %s", e)
+            results.append(_failure(source.path, e))
+            continue
+        if vid in first_of:
+            duplicates.append((source, first_of[vid]))
+        else:
+            first_of[vid] = source
+            unique.append((source, vid))
+    prepared = [(s, prepare_video.submit(s, config, vid)) for s, vid in unique]
     for source, fut in prepared:
         try:
             out = fut.result()
@@ -77,10 +104,14 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
             logger.info("already complete, skipped: %s (%s)", out.source, out.video_id)
             results.append(out)
         else:
+            if out.repaired:
+                logger.warning("stored copy of %s (%s) is damaged, ingesting it again: %s", source.path,
+                               out.record.video_id, "; ".join(out.repaired))
             plans.append(out)
 
     total = sum(p.record.n_frames - 1 for p in plans)
-    artifact = create_progress_artifact(0.0, key="ingest-progress",
+    # A run with nothing to compute is done: its progress reads 100 %, not 0 %.
+    artifact = create_progress_artifact(100.0 if total == 0 else 0.0, key="ingest-progress",
                                         description=f"Frame pairs of {len(plans)} video(s) with optical flow done")
     range_futs = {}
     for plan in plans:
@@ -124,16 +155,31 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
             logger.error("video failed: %s", e)
             results.append(IngestResult(source=plan.record.source.path, status="failed",
                                         video_id=plan.record.video_id, error=str(e)))
-    return results
+    by_source = {r.source: r for r in results}
+    for source, first in duplicates:
+        results.append(duplicate_result(source, first, by_source.get(first.path)))
+    order = {s.path: i for i, s in enumerate(sources)}
+    return sorted(results, key=lambda r: order.get(r.source, -1))
+
+
+def duplicate_result(source: VideoSource, first: VideoSource, outcome: IngestResult | None) -> IngestResult:
+    """The result of an input whose content equals an earlier input's: that input's outcome, noted."""
+    note = f"same content as {first.path}"
+    if outcome is None or outcome.status == "failed":
+        return IngestResult(source=source.path, status="failed", video_id=outcome.video_id if outcome else None,
+                            error=f"{note}, which failed: {outcome.error if outcome else 'no result'}", note=note)
+    return IngestResult(source=source.path, status="skipped", video_id=outcome.video_id, n_frames=outcome.n_frames,
+                        n_cuts=outcome.n_cuts, backend=outcome.backend, note=note)
 
 
 def summary_markdown(summary: IngestSummary) -> str:
     lines = [f"# Ingest into `{summary.store}`", "",
              f"Backend: `{summary.backend}`; stored {len(summary.stored)}, skipped {len(summary.skipped)}, "
              f"failed {len(summary.failed)}; index version `{summary.index_version}`.", "",
-             "| source | status | video id | frames | cuts | error |", "|---|---|---|---|---|---|"]
+             "| source | status | video id | frames | cuts | note | error |", "|---|---|---|---|---|---|---|"]
     for r in summary.results:
-        lines.append(f"| {r.source} | {r.status} | {r.video_id or ''} | {r.n_frames} | {r.n_cuts} | {r.error or ''} |")
+        lines.append(f"| {r.source} | {r.status} | {r.video_id or ''} | {r.n_frames} | {r.n_cuts} | {r.note or ''} "
+                     f"| {r.error or ''} |")
     return "\n".join(lines)
 
 
@@ -158,7 +204,7 @@ def ingest(config: IngestConfig = IngestConfig()) -> IngestSummary:  # noqa: B00
     create_table_artifact(
         key="ingest-results",
         table=[{"source": r.source, "status": r.status, "video_id": r.video_id or "", "frames": r.n_frames,
-                "cuts": r.n_cuts, "error": r.error or ""} for r in results],
+                "cuts": r.n_cuts, "note": r.note or "", "error": r.error or ""} for r in results],
         description="Per-video outcome of the ingest")
     create_markdown_artifact(key="ingest-summary", markdown=summary_markdown(summary))
     if summary.failed:

@@ -21,6 +21,7 @@ from prefect.states import Failed
 from cpfs.pipeline import PipelineConfig, Stage, evaluate_fingerprint, ingest_fingerprint, preflight, train_fingerprint
 from cpfs.records import IngestSummary
 from cpfs.train import file_sha256, latest_checkpoint
+from flows.recovery import crash_orphaned_children
 from storage import VideoStore
 from tasks.pipeline import evaluate_stage, ingest_stage, train_stage
 
@@ -34,8 +35,9 @@ class PipelineSummary:
 
 
 def _store_has_videos(config: PipelineConfig) -> bool:
-    try:
-        return bool(VideoStore.open(config.ingest.store, create=False).complete_ids())
+    try:  # ... and holds it intact: a damaged video (a lost shard) makes the ingest run again, to repair it
+        store = VideoStore.open(config.ingest.store, create=False)
+        return bool(store.complete_ids()) and store.verify(full=False).ok
     except Exception:  # noqa: BLE001 - no store: nothing is held
         return False
 
@@ -54,7 +56,8 @@ def _archive_run(run_dir: str) -> None:
         p.rename(p.with_name(f"{p.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
-@flow(name="pipeline", log_prints=False)
+# On (re)start, subflow and task runs an earlier attempt's dead process left Running become Crashed.
+@flow(name="pipeline", log_prints=False, on_running=[crash_orphaned_children])
 def pipeline(config: PipelineConfig = PipelineConfig(), force: list[Stage] = []) -> PipelineSummary:  # noqa: B006,B008
     """ingest -> train -> evaluate on one store; prints (and returns) where the report is."""
     from flows.ingest import resolve_inputs

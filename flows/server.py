@@ -5,7 +5,8 @@ process group, with its own ``PREFECT_HOME`` (where the embedded SQLite database
 unless ``database_url`` points at PostgreSQL), and waits for ``GET /api/health`` to answer ``true``.
 ``ServerHandle.stop`` ends the whole process group. ``serve`` is the foreground ``cpfs server``
 command: it starts the server, prints where the UI is and how to point ``PREFECT_API_URL`` at it, and
-runs until interrupted.
+runs until Ctrl+C, SIGTERM or SIGHUP, each of which stops the server's whole process group (the server
+runs in a session of its own, so no signal reaches it unless the wrapper passes it on).
 
 A fresh database runs every migration on start-up, which took 46 s on a busy 2-core machine, so the
 default wait is long (300 s); an early exit of the server is reported at once, with its log's tail.
@@ -122,13 +123,38 @@ def _health(api_url: str, timeout_s: float) -> bool:
         return False
 
 
-def server_env(home: Path, *, ui: bool, database_url: str | None, scheduler: bool,
-               extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def display_host(host: str) -> str:
+    """The address a browser on this machine uses for a server listening on ``host`` (a wildcard
+    address such as 0.0.0.0 is not one to connect to)."""
+    return LOOPBACK if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - a display address only
+
+
+def ui_api_url(host: str, port: int) -> str:
+    """Where the dashboard's JavaScript calls the API. A user's own ``PREFECT_SERVER_UI_API_URL`` (or its
+    older name ``PREFECT_UI_API_URL``) wins: behind a proxy, or for browsers on other machines, only the
+    user knows the address they reach this machine by."""
+    for name in ("PREFECT_SERVER_UI_API_URL", "PREFECT_UI_API_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    h = display_host(host)
+    return f"http://{'[' + h + ']' if ':' in h else h}:{port}/api"
+
+
+def server_env(home: Path, *, ui: bool, database_url: str | None, scheduler: bool, host: str = LOOPBACK,
+               port: int = 4200, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a ``prefect server`` child: this process's, minus any client API URL (the
-    server is not a client of another server), plus the server settings asked for."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_KEY")}
+    server is not a client of another server), plus the server settings asked for.
+
+    The server's own address goes in as settings too (``PREFECT_SERVER_API_HOST``/``_PORT``) and the
+    dashboard is told where the API is (``PREFECT_SERVER_UI_API_URL``): the UI otherwise derives it from
+    the default port 4200 whatever ``--port`` says, and shows "Can't connect to Server API"."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_UI_API_URL")}
     env.update({
         "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_API_HOST": host,
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_UI_API_URL": ui_api_url(host, port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "true" if ui else "false",
         "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
@@ -158,10 +184,11 @@ def start_server(port: int | None, home: Path, *, host: str = LOOPBACK, ui: bool
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "server.log" if log is True else (Path(log) if log else None)
-    env = server_env(home, ui=ui, database_url=database_url, scheduler=scheduler, extra=extra_env)
     attempts = 3 if port is None else 1
     for attempt in range(attempts):
         p = port if port is not None else free_port(host)
+        env = server_env(home, ui=ui, database_url=database_url, scheduler=scheduler, host=host, port=p,
+                         extra=extra_env)
         try:
             return _start_once(host, p, home, env, log_path, timeout_s)
         except _PortTaken:
@@ -205,38 +232,74 @@ def _start_once(host: str, port: int, home: Path, env: dict[str, str], log_path:
         raise
 
 
+class _Stop(Exception):
+    """A termination signal arrived; ``serve`` stops the server and exits."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signum)
+
+
+# Signals that end ``cpfs server`` like Ctrl+C does: ``kill``, systemd and docker send SIGTERM, a closed
+# terminal SIGHUP. The server runs in its own process group (so that stopping it reaches every process
+# it started), so the terminal's signals never reach it: the wrapper must pass them on.
+FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP)
+
+
 def serve(host: str = LOOPBACK, port: int = 4200, *, home: Path | None = None, ui: bool = True,
           database_url: str | None = None, timeout_s: float = 300.0) -> int:
     """Run a Prefect server in the foreground until interrupted (the ``cpfs server`` command).
 
     ``home`` None keeps Prefect's own ``PREFECT_HOME`` (``~/.prefect``), so runs and deployments persist
     across restarts. ``database_url`` None uses ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` when set in
-    the environment (a team's PostgreSQL), else SQLite in ``home``. Returns the server's exit code.
+    the environment (a team's PostgreSQL), else SQLite in ``home``. Ctrl+C, SIGTERM and SIGHUP stop the
+    server and every process it started, then return 0; otherwise returns the server's exit code.
     """
     home = Path(home or os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
     database_url = database_url or os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL")
-    print(f"Starting the Prefect server on {host}:{port} (PREFECT_HOME={home}, database: "
-          f"{redact_url(database_url) if database_url else home / 'prefect.db'}) ...", flush=True)
-    handle = start_server(port, home, host=host, ui=ui, database_url=database_url, timeout_s=timeout_s,
-                          log=None)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - a display address only
-    print(f"\nPrefect UI:   {handle.ui_url.replace(host, shown, 1)}" if ui else "\nPrefect UI:   disabled", flush=True)
-    print(f"Prefect API:  {handle.url.replace(host, shown, 1)}", flush=True)
-    print("Point the pipeline (cpfs, prefect deploy, prefect worker) at it in each shell:\n"
-          f"    export PREFECT_API_URL={handle.url.replace(host, shown, 1)}\n"
-          "or once per Prefect profile:\n"
-          f"    prefect config set PREFECT_API_URL={handle.url.replace(host, shown, 1)}\n"
-          "Press Ctrl+C to stop.", flush=True)
-    if host not in (LOOPBACK, "localhost", "::1"):
-        print(f"warning: listening on {host}: anyone who can reach this port can use the API; set "
-              "PREFECT_SERVER_API_AUTH_STRING=user:password on the server and PREFECT_API_AUTH_STRING on "
-              "clients, or keep it behind a firewall.", file=sys.stderr, flush=True)
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in FORWARDED_SIGNALS}
+    handle: ServerHandle | None = None
     try:
+        print(f"Starting the Prefect server on {host}:{port} (PREFECT_HOME={home}, database: "
+              f"{redact_url(database_url) if database_url else home / 'prefect.db'}) ...", flush=True)
+        handle = start_server(port, home, host=host, ui=ui, database_url=database_url, timeout_s=timeout_s,
+                              log=None)
+        api = f"http://{display_host(host)}:{port}/api"
+        print(f"\nPrefect UI:   {api.removesuffix('/api')}" if ui else "\nPrefect UI:   disabled", flush=True)
+        print(f"Prefect API:  {api}", flush=True)
+        print("Point the pipeline (cpfs, prefect deploy, prefect worker) at it in each shell:\n"
+              f"    export PREFECT_API_URL={api}\n"
+              "or once per Prefect profile:\n"
+              f"    prefect config set PREFECT_API_URL={api}\n"
+              "Press Ctrl+C to stop.", flush=True)
+        if host not in (LOOPBACK, "localhost", "::1"):
+            print(f"warning: listening on {host}: anyone who can reach this port can use the API; set "
+                  "PREFECT_SERVER_API_AUTH_STRING=user:password on the server and PREFECT_API_AUTH_STRING on "
+                  "clients, or keep it behind a firewall. Browsers on other machines need "
+                  f"PREFECT_SERVER_UI_API_URL=http://<this machine's address>:{port}/api (now "
+                  f"{handle.env['PREFECT_SERVER_UI_API_URL']}).", file=sys.stderr, flush=True)
         return handle.process.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop) as e:
+        why = "Ctrl+C" if isinstance(e, KeyboardInterrupt) else str(e)
+        print(f"{why}: stopping the Prefect server ...", file=sys.stderr, flush=True)
         return 0
     finally:
-        handle.stop()
+        # A second Ctrl+C or SIGTERM while stopping must not leave the server behind half-stopped: ignore
+        # them until the process group is gone (``stop`` ends with SIGKILL if the server hangs).
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if handle is not None:
+                handle.stop()
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 def redact_url(url: str) -> str:

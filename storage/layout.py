@@ -8,11 +8,20 @@
                                               attrs {"scale", "bound", "units": "px", "clipped_pixels"}
         pair_error  (T-1,)        float32     photometric warp error of each pair
         cut         (T-1,)        bool        the pair straddles a shot cut (written by finalize)
+        motion      (T-1, 5)      float32     motion statistics of each pair (cpfs.motion.MOTION_COLUMNS, in the
+                                              array's "columns" attr): how much the pixels' flows differ;
+                                              format_version 2 (a version-1 store lacks it: ``cpfs upgrade``)
         done/                                 per-range completion markers, one tiny group each:
             frames-<start>-<stop>/zarr.json   frames [start, stop) are written
             flow-<start>-<stop>/zarr.json     flow and pair_error of pairs t -> t+1, t in [start, min(stop, T-1))
         clipped/                              clipped-pixel count of each written flow shard, one group each:
             <start>-<stop>/zarr.json          attrs {"clipped_pixels": n} for pairs [start, stop)
+        manifest/zarr.json                    written by finalize, before "status": "complete": every storage
+                                              object of every array above, with its size and blake2b digest
+                                              (the completion record keeps the per-array object counts)
+
+Every storage object of an array is written, even one holding only fill values (``write_empty_chunks``), so
+a complete video has exactly the objects ``storage_objects`` lists: a missing one is damage, never zeros.
 
 Chunk = one frame, (1, H, W, C): a reader fetches single frames. Shard = ``shard_frames`` frames,
 (S, H, W, C): the unit of writing (one write call per shard block), of parallel work and of dask chunks.
@@ -48,21 +57,30 @@ whole ingest's CPU per frame by about a quarter for a few percent more bytes. Re
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Literal
 
 from zarr.codecs import BloscCodec
 
-FORMAT_VERSION = 1
+from cpfs import motion
+
+# 2: adds the per-pair ``motion`` array. Version-1 stores still open (read-only use and ingest of new videos
+# work); training needs the motion statistics and says to run ``cpfs upgrade --store PATH`` (it computes them
+# from the stored flow and sets the version to 2).
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
 ROOT_ATTR = "cpfs_store"  # root group attribute that marks a CPFS store: {"format_version": 1}
 INDEX_ATTR = "index"  # root group attribute holding the store index (storage.store.StoreIndex)
 VIDEOS = "videos"  # group holding one group per video
 DONE = "done"  # group inside a video holding the per-range markers
 CLIPPED = "clipped"  # group inside a video holding per-shard clipped-pixel counts
+MANIFEST = "manifest"  # group inside a video listing its storage objects, their sizes and digests
 
-ArrayName = Literal["frames", "flow", "pair_error", "cut"]
-ARRAY_NAMES: tuple[str, ...] = ("frames", "flow", "pair_error", "cut")
+ArrayName = Literal["frames", "flow", "pair_error", "cut", "motion"]
+ARRAY_NAMES: tuple[str, ...] = ("frames", "flow", "pair_error", "cut", "motion")
+MOTION_COLUMNS = motion.MOTION_COLUMNS  # the columns of the per-pair ``motion`` array
 MarkerKind = Literal["frames", "flow"]
 MARKER_KINDS: tuple[str, ...] = ("frames", "flow")
 
@@ -122,6 +140,29 @@ def clipped_path(video_id: str) -> str:
     return f"{video_path(video_id)}/{CLIPPED}"
 
 
+def manifest_path(video_id: str) -> str:
+    """Store key prefix of a video's shard manifest: ``videos/<video_id>/manifest``."""
+    return f"{video_path(video_id)}/{MANIFEST}"
+
+
+@dataclass(frozen=True)
+class StorageObject:
+    """One stored object of an array: a shard (or a chunk of an unsharded array)."""
+
+    key: str  # store key relative to the array, Zarr v3 default encoding: "c/<i>/0/0/0"
+    start: int  # first index along axis 0 (a frame or a pair) it holds
+    stop: int  # one past its last index along axis 0
+
+
+def storage_objects(spec: ArraySpec) -> list[StorageObject]:
+    """Every object a fully written array of ``spec`` consists of, in key order (Zarr v3's default chunk
+    key encoding, "c" and "/"), with the axis-0 range each one holds."""
+    block = spec.shards or spec.chunks
+    grid = [range(-(-n // b)) for n, b in zip(spec.shape, block)]  # objects along each axis
+    return [StorageObject("c/" + "/".join(map(str, idx)), idx[0] * block[0], min((idx[0] + 1) * block[0], spec.shape[0]))
+            for idx in itertools.product(*grid)]
+
+
 def marker_name(kind: str, start: int, stop: int) -> str:
     """Node name of a per-range marker: ``<kind>-<start>-<stop>``."""
     if kind not in MARKER_KINDS:
@@ -144,7 +185,8 @@ def parse_range_name(name: str) -> tuple[int, int] | None:
 def video_arrays(n_frames: int, height: int, width: int, shard_frames: int) -> dict[str, ArraySpec]:
     """The arrays of one video of ``n_frames`` (T >= 2) frames of ``height`` x ``width`` px.
 
-    frames (T, H, W, 3) uint8; flow (T-1, H, W, 2) int16; pair_error (T-1,) float32; cut (T-1,) bool.
+    frames (T, H, W, 3) uint8; flow (T-1, H, W, 2) int16; pair_error (T-1,) float32; cut (T-1,) bool;
+    motion (T-1, len(MOTION_COLUMNS)) float32.
     """
     if n_frames < 2:
         raise ValueError(f"a stored video needs at least 2 frames for one flow pair (got n_frames={n_frames})")
@@ -162,6 +204,8 @@ def video_arrays(n_frames: int, height: int, width: int, shard_frames: int) -> d
         ),
         "pair_error": ArraySpec("pair_error", (t - 1,), "float32", (s,), None, VECTOR_COMPRESSOR, 0.0, ("pair",)),
         "cut": ArraySpec("cut", (t - 1,), "bool", (s,), None, VECTOR_COMPRESSOR, False, ("pair",)),
+        "motion": ArraySpec("motion", (t - 1, len(MOTION_COLUMNS)), "float32", (s, len(MOTION_COLUMNS)), None,
+                            VECTOR_COMPRESSOR, float("nan"), ("pair", "statistic")),
     }
 
 

@@ -48,6 +48,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 import cpfs
 from cpfs.config import StoreConfig
+from cpfs.motion import motion_statistics
 from cpfs.errors import StoreError
 from cpfs.records import FrameRange, VideoRecord
 
@@ -65,9 +66,10 @@ VOLATILE_ATTRS = frozenset({"created_at", "status"})
 STORE_ATTRS = frozenset(
     {
         "video_id", "source_path", "source_kind", "source_meta", "size_bytes", "n_frames", "height", "width",
-        "backend", "layout", "created_at", "status", "completed_at", "n_cuts", "clipped_pixels",
+        "backend", "layout", "created_at", "status", "completed_at", "n_cuts", "clipped_pixels", "shard_counts",
     }
 )
+MANIFEST_DIGEST = "blake2b-128"  # digest of each storage object in a video's manifest (hashlib.blake2b, 16 bytes)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,42 @@ class StoreIndex:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> StoreIndex:
         return cls(entries=tuple(IndexEntry(**e) for e in doc["entries"]), version=str(doc["version"]))
+
+
+@dataclass(frozen=True)
+class ShardDamage:
+    """One problem found in a complete video's stored objects (see :meth:`VideoStore.check_video`)."""
+
+    video_id: str
+    array: str  # "frames", "flow", ...; "manifest" when the manifest itself is missing or wrong
+    key: str  # the object's key relative to the array ("c/1/0/0/0"); "" for the manifest
+    start: int  # axis-0 range the object holds: frames for "frames", pairs for the per-pair arrays
+    stop: int
+    problem: str  # "missing", "size ... (manifest: ...)", "digest differs", ...
+
+    def __str__(self) -> str:
+        if self.array == "manifest":
+            return f"manifest: {self.problem}"
+        unit = "frames" if self.array == "frames" else "pairs"
+        return f"{self.array} {unit} [{self.start}, {self.stop}) (object {self.array}/{self.key}): {self.problem}"
+
+
+@dataclass(frozen=True)
+class StoreVerification:
+    """What :meth:`VideoStore.verify` found: damaged complete videos, and what was checked."""
+
+    store: str
+    checked: tuple[str, ...]  # complete videos checked against their manifests
+    damaged: dict[str, tuple[ShardDamage, ...]]  # video id -> its problems (only videos with problems)
+    unverifiable: tuple[str, ...]  # complete videos stored before manifests existed: nothing to check against
+    incomplete: tuple[str, ...]  # videos whose ingest has not finished (invisible to readers; not damage)
+    n_objects: int  # storage objects checked
+    n_bytes: int  # bytes checked
+    full: bool  # digests compared (True) or only presence and sizes (False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
 
 
 def _now() -> str:
@@ -164,6 +202,7 @@ class VideoStore:
         self.cfg = cfg
         self.path = cfg.path  # as given: used in every error message
         self._store = store
+        self._checked: set[tuple[str, str]] = set()  # (video, array) of complete videos found intact here
 
     # ------------------------------------------------------------------ opening
 
@@ -194,12 +233,18 @@ class VideoStore:
         marker = root.get("attributes", {}).get(layout.ROOT_ATTR) if root.get("node_type") == "group" else None
         if not isinstance(marker, dict):
             raise StoreError(f"{self.path}: not a cpfs store (zarr.json has no {layout.ROOT_ATTR!r} group attribute)")
-        if marker.get("format_version") != layout.FORMAT_VERSION:
+        if marker.get("format_version") not in layout.READABLE_FORMAT_VERSIONS:
             raise StoreError(
                 f"{self.path}: unsupported cpfs store format_version {marker.get('format_version')!r} "
-                f"(this code reads {layout.FORMAT_VERSION})"
+                f"(this code reads {', '.join(map(str, layout.READABLE_FORMAT_VERSIONS))})"
             )
         return self
+
+    @property
+    def format_version(self) -> int:
+        """The store's format version (``storage.layout.FORMAT_VERSION`` for a store made by this code)."""
+        root = self._read_json("zarr.json") or {}
+        return int(root.get("attributes", {}).get(layout.ROOT_ATTR, {}).get("format_version", 0))
 
     @staticmethod
     def _zarr_store(cfg: StoreConfig, create: bool) -> Store:
@@ -259,13 +304,145 @@ class VideoStore:
         return attrs
 
     def _array(self, video_id: str, name: str) -> zarr.Array:
+        """Open one array of a video. Writes store every object, even one of fill values only, so a complete
+        video holds exactly the objects its manifest lists. The first time an array of a complete video is
+        opened here, its objects are checked against the manifest (present, same size; see ``check_video``):
+        a missing or cut-short shard raises StoreError naming the video and the range instead of reading
+        as fill values."""
         key = layout.array_path(video_id, name)
         try:
-            return zarr.open_array(self._store, path=key, zarr_format=3)
+            arr = zarr.open_array(self._store, path=key, zarr_format=3).with_config({"write_empty_chunks": True})
         except (KeyError, FileNotFoundError, zarr.errors.ArrayNotFoundError) as e:
             if self._group_attrs(video_id) is None:
                 raise StoreError(f"{self.path}: unknown video {video_id!r}") from e
             raise StoreError(f"{self.path}: video {video_id!r} has no {name!r} array (an interrupted create?)") from e
+        if (video_id, name) not in self._checked:
+            attrs = self._group_attrs(video_id) or {}
+            if attrs.get("status") == "complete":
+                damage = self._check_arrays(video_id, attrs, [name], full=False)[0]
+                if damage:
+                    raise self._damaged_error(video_id, attrs, damage)
+                self._checked.add((video_id, name))
+        return arr
+
+    # ------------------------------------------------------------------ integrity
+
+    def _specs(self, attrs: Mapping[str, Any]) -> dict[str, layout.ArraySpec]:
+        return layout.video_arrays(int(attrs["n_frames"]), int(attrs["height"]), int(attrs["width"]),
+                                   int(attrs["layout"]["shard_frames"]))
+
+    def _manifest(self, video_id: str, attrs: Mapping[str, Any]) -> dict[str, list[list]] | None:
+        """Every object of every array the layout defines, ``{array: [[key, size, digest], ...]}``, read
+        from the store now. Raises StoreError naming the first object that is missing."""
+        out: dict[str, list[list]] = {}
+        for name, spec in self._specs(attrs).items():
+            entries = []
+            for obj in layout.storage_objects(spec):
+                data = sync(self._store.get(f"{layout.array_path(video_id, name)}/{obj.key}",
+                                            prototype=default_buffer_prototype()))
+                if data is None:
+                    raise StoreError(
+                        f"{self.path}: cannot finalize video {video_id!r}: "
+                        f"{ShardDamage(video_id, name, obj.key, obj.start, obj.stop, 'missing')}")
+                raw = data.to_bytes()
+                entries.append([obj.key, len(raw), hashlib.blake2b(raw, digest_size=16).hexdigest()])
+            out[name] = entries
+        return out
+
+    def _check_arrays(self, video_id: str, attrs: Mapping[str, Any], names: list[str] | None,
+                      full: bool) -> tuple[list[ShardDamage], int, int]:
+        """Compare the stored objects of a complete video's arrays (``names``; None: all the layout defines)
+        with its manifest: presence and size, and with ``full`` the digest of the bytes. Returns the
+        problems, the objects checked and their bytes. A video completed before manifests existed (no
+        ``shard_counts`` in its completion record) has nothing to compare with: no problems."""
+        counts = attrs.get("shard_counts")
+        if counts is None:
+            return [], 0, 0
+        doc = self._read_json(f"{layout.manifest_path(video_id)}/zarr.json")
+        manifest = (doc or {}).get("attributes", {}).get("objects")
+        if not isinstance(manifest, dict):
+            return [ShardDamage(video_id, "manifest", "", 0, 0,
+                                f"missing ({layout.manifest_path(video_id)}/zarr.json)")], 0, 0
+        specs = self._specs(attrs)
+        problems: list[ShardDamage] = []
+        n_objects = n_bytes = 0
+        for name in names if names is not None else list(specs):
+            objects = layout.storage_objects(specs[name])
+            listed = manifest.get(name)
+            if not isinstance(listed, list) or len(listed) != len(objects) or counts.get(name) != len(objects):
+                problems.append(ShardDamage(video_id, "manifest", "", 0, 0,
+                                            f"does not list the {len(objects)} objects of array {name!r}"))
+                continue
+            for obj, (key, size, digest) in zip(objects, listed):
+                full_key = f"{layout.array_path(video_id, name)}/{obj.key}"
+                bad = None
+                if key != obj.key:
+                    bad = f"manifest lists {key!r} here"
+                elif full:
+                    data = sync(self._store.get(full_key, prototype=default_buffer_prototype()))
+                    if data is None:
+                        bad = "missing"
+                    else:
+                        raw = data.to_bytes()
+                        n_bytes += len(raw)
+                        if len(raw) != size:
+                            bad = f"{len(raw)} bytes (manifest: {size})"
+                        elif hashlib.blake2b(raw, digest_size=16).hexdigest() != digest:
+                            bad = "contents differ from the manifest's digest"
+                else:
+                    try:
+                        got = sync(self._store.getsize(full_key))
+                    except (FileNotFoundError, KeyError):
+                        got = None
+                    if got is None:
+                        bad = "missing"
+                    else:
+                        n_bytes += got
+                        if got != size:
+                            bad = f"{got} bytes (manifest: {size})"
+                n_objects += 1
+                if bad is not None:
+                    problems.append(ShardDamage(video_id, name, obj.key, obj.start, obj.stop, bad))
+        return problems, n_objects, n_bytes
+
+    def _damaged_error(self, video_id: str, attrs: Mapping[str, Any], damage: list[ShardDamage]) -> StoreError:
+        more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
+        return StoreError(
+            f"{self.path}: video {video_id!r} ({attrs.get('source_path', '?')}) is damaged: {damage[0]}{more}. "
+            f"Its stored data cannot be trusted; `cpfs verify --store {self.path}` lists every damaged video, "
+            "and ingesting the video's source again repairs it")
+
+    def check_video(self, video_id: str, *, full: bool = True) -> list[ShardDamage]:
+        """Problems of a complete video's stored objects, against the manifest written by ``finalize``: a
+        missing object, another size, and with ``full`` other bytes (blake2b digest). Empty: intact, or
+        completed before manifests existed (``unverifiable``). An incomplete video raises StoreError."""
+        attrs = self._require_attrs(video_id)
+        if attrs.get("status") != "complete":
+            raise StoreError(f"{self.path}: video {video_id!r} is incomplete: nothing to check yet")
+        return self._check_arrays(video_id, attrs, None, full)[0]
+
+    def verify(self, *, full: bool = True) -> StoreVerification:
+        """Check every complete video against its manifest (see :meth:`check_video`); reads every stored
+        object with ``full``. Writes nothing."""
+        checked, unverifiable, incomplete = [], [], []
+        damaged: dict[str, tuple[ShardDamage, ...]] = {}
+        n_objects = n_bytes = 0
+        for vid in self.video_ids():
+            attrs = self._group_attrs(vid) or {}
+            if attrs.get("status") != "complete":
+                incomplete.append(vid)
+                continue
+            if attrs.get("shard_counts") is None:
+                unverifiable.append(vid)
+                continue
+            problems, n, b = self._check_arrays(vid, attrs, None, full)
+            checked.append(vid)
+            n_objects, n_bytes = n_objects + n, n_bytes + b
+            if problems:
+                damaged[vid] = tuple(problems)
+        return StoreVerification(store=self.path, checked=tuple(checked), damaged=damaged,
+                                 unverifiable=tuple(unverifiable), incomplete=tuple(incomplete),
+                                 n_objects=n_objects, n_bytes=n_bytes, full=full)
 
     # ------------------------------------------------------------------ listing
 
@@ -392,6 +569,8 @@ class VideoStore:
             return {"description": "photometric warp error of frame t+1 warped to frame t"}
         if name == "cut":
             return {"description": "pair (t, t+1) straddles a shot cut"}
+        if name == "motion":
+            return {"description": "motion statistics of each pair (cpfs.motion)", "columns": list(layout.MOTION_COLUMNS)}
         return {}
 
     def _arrays_intact(self, video_id: str, specs: dict[str, layout.ArraySpec]) -> bool:
@@ -443,7 +622,8 @@ class VideoStore:
             arr[start : start + frames.shape[0]] = frames
 
     def write_flow(self, video_id: str, start: int, flow: np.ndarray, pair_error: np.ndarray) -> int:
-        """Write the flow and warp error of pairs [start, start+n) of an incomplete video in one call.
+        """Write the flow and warp error of pairs [start, start+n) of an incomplete video in one call, and
+        the pairs' motion statistics (``cpfs.motion.motion_statistics`` of the flow, array ``motion``).
 
         Pair t is the flow from frame t to frame t+1. Flow is stored as fixed point with the array's
         ``scale`` and ``bound`` attributes (see :func:`storage.fixed_point.encode_flow`); the clipped-pixel
@@ -480,10 +660,58 @@ class VideoStore:
         with self._writing(video_id, f"flow of pairs [{start}, {start + n})"):
             arr[start : start + n] = q  # one write for the whole block
             self._array(video_id, "pair_error")[start : start + n] = pair_error.astype(np.float32)
+            self._array(video_id, "motion")[start : start + n] = motion_statistics(flow)
             for (a, b), c in counts.items():  # after the data: a count never describes unwritten flow
                 key = f"{layout.clipped_path(video_id)}/{a}-{b}/zarr.json"
                 self._write_json(key, _group_doc({"clipped_pixels": c}))
         return sum(counts.values())
+
+    def add_motion(self, video_id: str, stats: np.ndarray) -> None:
+        """Give a complete video of a version-1 store (made before motion statistics existed) its ``motion``
+        array, all pairs at once: the only write allowed on a complete video, since it adds derived data
+        and changes nothing stored. A video that already has one raises StoreError."""
+        attrs = self._require_attrs(video_id)
+        if attrs.get("status") != "complete":
+            raise StoreError(f"{self.path}: video {video_id!r} is incomplete; rerun its ingest instead")
+        if self.has_motion(video_id):
+            raise StoreError(f"{self.path}: video {video_id!r} already has motion statistics")
+        t = int(attrs["n_frames"])
+        spec = layout.video_arrays(t, int(attrs["height"]), int(attrs["width"]), int(attrs["layout"]["shard_frames"]))["motion"]
+        with self._writing(video_id, "motion statistics"):
+            arr = zarr.create_array(
+                self._store, name=layout.array_path(video_id, "motion"), shape=spec.shape, dtype=spec.dtype,
+                chunks=spec.chunks, shards=spec.shards, compressors=spec.compressor, fill_value=spec.fill_value,
+                dimension_names=spec.dims, attributes=self._array_attrs("motion"))
+            arr[:] = self._check_motion(video_id, 0, stats, t - 1)
+
+    def _check_motion(self, video_id: str, start: int, stats: np.ndarray, n_pairs: int) -> np.ndarray:
+        stats = np.asarray(stats, dtype=np.float32)
+        k = len(layout.MOTION_COLUMNS)
+        if stats.ndim != 2 or stats.shape[1] != k or start + stats.shape[0] > n_pairs:
+            raise ValueError(f"motion of video {video_id}: expected float (n, {k}) within {n_pairs} pairs, got {stats.shape} at {start}")
+        return stats
+
+    def has_motion(self, video_id: str) -> bool:
+        """Whether the video has its ``motion`` array (always, unless the store predates format version 2)."""
+        return self._read_json(f"{layout.array_path(video_id, 'motion')}/zarr.json") is not None
+
+    def read_motion(self, video_id: str) -> np.ndarray:
+        """Motion statistics of every pair, float32 (T-1, len(MOTION_COLUMNS)) (columns: ``layout.MOTION_COLUMNS``).
+
+        A video stored before motion statistics existed raises StoreError saying how to add them."""
+        if not self.has_motion(video_id):
+            self._require_attrs(video_id)
+            raise StoreError(
+                f"{self.path}: video {video_id!r} has no motion statistics (the store was written by an older "
+                f"version, format {self.format_version}); add them with `cpfs upgrade --store {self.path}`")
+        return self._array(video_id, "motion")[:]
+
+    def set_format_version(self, version: int) -> None:
+        """Record the store's format version (``cpfs upgrade`` sets it once every video has what it needs)."""
+        if version not in layout.READABLE_FORMAT_VERSIONS:
+            raise ValueError(f"unknown format version {version}")
+        root = zarr.open_group(self._store, mode="r+")
+        root.update_attributes({layout.ROOT_ATTR: {"format_version": int(version)}})
 
     def count_clipped(self, video_id: str) -> int:
         """Clipped flow pixels of the video so far: the sum of the stored per-shard counts."""
@@ -569,6 +797,11 @@ class VideoStore:
         with self._writing(video_id, "cut flags and completion"):
             self._array(video_id, "cut")[:] = cut
             self._array(video_id, "flow").update_attributes({"clipped_pixels": clipped})
+            # The manifest: what was written, object by object, so a reader can tell a lost shard from zeros.
+            manifest = self._manifest(video_id, attrs)
+            self._write_json(f"{layout.manifest_path(video_id)}/zarr.json",
+                             _group_doc({"digest": MANIFEST_DIGEST, "objects": manifest}))
+            final["shard_counts"] = {name: len(objs) for name, objs in manifest.items()}
             group = zarr.open_group(self._store, path=layout.video_path(video_id), mode="r+")
             # One document write: the extra attributes and the completion marker land together, after all data.
             group.update_attributes({**extra, **final})

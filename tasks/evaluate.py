@@ -19,7 +19,23 @@ from cpfs.evaluation.config import EvalConfig
 # Protocol results are pure functions of (config, checkpoint bytes, store content): cache and persist them.
 # TASK_SOURCE is part of the key because every protocol task takes the same inputs: INPUTS alone would let
 # one protocol's cached result answer for another.
-_cached = dict(cache_policy=TASK_SOURCE + INPUTS, persist_result=True, retries=1, retry_delay_seconds=2)
+_cached = dict(cache_policy=TASK_SOURCE + INPUTS, persist_result=True, retries=1, retry_delay_seconds=2,
+               retry_condition_fn=lambda task, run, state: transient_failure(state))
+
+
+def transient_failure(state) -> bool:  # noqa: ANN001 - a Prefect State
+    """Retry only what may pass the second time: a missing file, an unreadable image, a wrong layout or
+    value (``OSError`` of a missing path, ``ValueError``, the project's ``CPFSError``) fail the same way
+    every time, so they are reported at once instead of after a retry."""
+    from cpfs.errors import CPFSError
+
+    try:
+        state.result()
+    except (CPFSError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError):
+        return False
+    except Exception:  # noqa: BLE001 - anything else (out of memory, a lost worker) may be transient
+        return True
+    return False
 
 
 @task(name="check-inputs", cache_policy=NO_CACHE)

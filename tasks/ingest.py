@@ -1,8 +1,8 @@
 """Thin Prefect tasks of the ingest stage: each calls one library function of ``cpfs.ingest``.
 
 Tasks are per video or per shard range, never per frame (each task run costs the Prefect server tens of
-milliseconds). A ``VideoError`` (a bad source) is permanent and is not retried; anything else (an I/O
-hiccup, a lost Dask worker) is retried.
+milliseconds). A ``VideoError`` (a bad source) and a ``SettingsConflictError`` (a stored video asked for with
+other settings) are permanent and not retried; anything else (an I/O hiccup, a lost Dask worker) is retried.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from cpfs import ingest as lib
 from cpfs.config import IngestConfig
 from cpfs.errors import VideoError
 from cpfs.records import FrameRange, IngestResult, VideoSource
+from cpfs.video import content_id
 from storage import VideoStore
 
 
@@ -21,7 +22,7 @@ def _transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's retry_
     """Retry unless the failure is a bad video: those fail the same way every time."""
     try:
         state.result()
-    except VideoError:
+    except (VideoError, lib.SettingsConflictError):
         return False
     except Exception:  # noqa: BLE001
         return True
@@ -33,9 +34,15 @@ def _transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's retry_
 _common = dict(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
 
 
+@task(name="identify-video", task_run_name="identify {source.path}", **_common)
+def identify_video(source: VideoSource) -> str:
+    """The content id of a source (a hash of its bytes): equal content is ingested once."""
+    return content_id(source)
+
+
 @task(name="prepare-video", task_run_name="prepare {source.path}", **_common)
-def prepare_video(source: VideoSource, config: IngestConfig) -> lib.IngestPlan | IngestResult:
-    return lib.prepare_video(source, config)
+def prepare_video(source: VideoSource, config: IngestConfig, video_id: str | None = None) -> lib.IngestPlan | IngestResult:
+    return lib.prepare_video(source, config, video_id)
 
 
 @task(name="process-range",

@@ -87,7 +87,7 @@ def flow_oracle_features(stride: int = 1) -> FeatureFn:
         assert flow is not None  # FeatureFn.__call__ checks it before calling
         return _on_grid(flow.to(images.dtype), stride)
 
-    return FeatureFn(name="flow-oracle", stride=stride, fn=fn, needs_flow=True, metric="euclidean")
+    return FeatureFn(name="flow-oracle", stride=stride, fn=fn, needs_flow=True, metric="flow")
 
 
 def random_init_model(config: CPFSModelConfig | None = None, seed: int = 0, width: float = 0.5) -> CPFSModel:

@@ -39,7 +39,8 @@ class FeatureFn:
     needs_flow: bool = False  # True only for the flow oracle
     # How two feature vectors compare: "cosine" for learned unit embeddings and hypercolumns (the CPFS
     # embedding kernel), "euclidean" for the baselines whose vector length carries the information.
-    metric: Literal["cosine", "euclidean"] = "cosine"
+    # "flow": the flow oracle, compared by the flow kernel's own rule (so its kernel is the target itself).
+    metric: Literal["cosine", "euclidean", "flow"] = "cosine"
 
     def __call__(self, images: Tensor, flow: Tensor | None = None) -> Tensor:
         if images.dim() != 4 or images.shape[1] != 3:

@@ -8,8 +8,9 @@ drawn uniformly without replacement (seeded). At those pixels:
 - the feature kernel ``K_phi``: for ``metric == "cosine"`` sources (CPFS embeddings, hypercolumns) the
   training kernel ``cpfs.kernels.embedding_kernel`` (a quarter of the cosine); for ``"euclidean"`` sources
   (position, colour, flow oracle) a Gaussian kernel of the feature vectors with their own median
-  pairwise distance as bandwidth, the natural kernel for them. The flow oracle's kernel is therefore
-  ``K_f`` itself: alignment 1 and the smallest possible cross entropy, the ceiling of the protocol.
+  pairwise distance as bandwidth, the natural kernel for them; for the flow oracle (``"flow"``) the flow
+  kernel's own rule, so its kernel is ``K_f`` itself: alignment 1 and the smallest possible cross entropy,
+  the ceiling of the protocol.
 
 Scores per pair, then mean and std over all pairs: raw alignment ``A(K_phi, K_f)`` and centered
 alignment ``A(H K_phi H, H K_f H)`` (``cpfs.losses.alignment``; centered is the informative one: a
@@ -70,15 +71,23 @@ def pair_scores(feature_fn: FeatureFn, image: Tensor, flow: Tensor, points: int,
     index = torch.randperm(height * width, generator=generator)[:n]
     pts = torch.stack([index % width, index // width], dim=-1).unsqueeze(0)  # (1, n, 2) as (x, y)
     f = flow.reshape(2, -1)[:, index].T.unsqueeze(0)  # (1, n, 2) flow at the pixels
-    K_f = flow_kernel(f, median_pairwise_distance(f, MIN_SIGMA_PX))
+    sigma = median_pairwise_distance(f, MIN_SIGMA_PX)
+    K_f = flow_kernel(f, sigma)
     phi = features_at(feature_fn(image, flow).float(), feature_fn.stride, pts)  # (1, n, C)
-    K_phi = embedding_kernel(phi) if feature_fn.metric == "cosine" else gaussian_feature_kernel(phi)
+    if feature_fn.metric == "cosine":
+        K_phi = embedding_kernel(phi)
+    elif feature_fn.metric == "flow":
+        K_phi = flow_kernel(phi, median_pairwise_distance(phi, MIN_SIGMA_PX))  # the target's own rule
+    else:
+        K_phi = gaussian_feature_kernel(phi)
     ce = float(cross_entropy(K_phi, K_f))
     return {
         "alignment": float(alignment(K_phi, K_f, centered=False)[0]),
         "alignment_centered": float(alignment(K_phi, K_f, centered=True)[0]),
         "ce": ce,
         "ce_excess": ce - float(softmax_entropy(K_f)),
+        # 1 when the bandwidth hit the noise floor: the pair's flow kernel is then estimation noise.
+        "sigma_at_floor": float(float(sigma[0]) <= MIN_SIGMA_PX),
     }
 
 
@@ -102,12 +111,14 @@ def flow_alignment(
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     rows: list[dict[str, float]] = []
+    keys: list[tuple[str, int]] = []
     per_video = {}
     for vid in video_ids:
         video_rows = []
         for t in select_pairs(store, vid, pairs_per_video):
             pair = load_pair(store, vid, t)
             video_rows.append(pair_scores(feature_fn, pair.image, pair.flow, points, gen))
+            keys.append((vid, int(t)))
         per_video[vid] = {k: float(np.mean([r[k] for r in video_rows])) for k in video_rows[0]}
         rows.extend(video_rows)
     metrics = list(rows[0])
@@ -116,6 +127,9 @@ def flow_alignment(
         "feature": feature_fn.name,
         "summary": {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))} for k in metrics},
         "per_video": per_video,
+        # Every pair's scores, in order, for paired comparisons between sources (cpfs.evaluation.stats).
+        "per_pair": {"video_id": [k[0] for k in keys], "t": [k[1] for k in keys],
+                     **{m: [float(r[m]) for r in rows] for m in metrics}},
         "n_pairs": len(rows),
         "points": points,
         "seed": seed,

@@ -145,14 +145,20 @@ def motion_segmentation_probe(
     stride = feature_fn.stride
     moving_fraction = float(np.mean(np.concatenate([lab.ravel() for _, _, lab in test])))
     scores = []
+    per_pair_iou: list[list[float]] = []  # [seed][test pair]: IoU of the moving class in that pair alone
     for seed in seeds:
         clf = _fit(train, stride, pixels_per_image, seed, weight_decay, max_iter)
         conf = np.zeros((2, 2), dtype=np.int64)
+        ious = []
         for _, feat, labels in test:
             c, hg, wg = feat.shape[1:]
             logits = clf.logits(feat[0].reshape(c, -1).T).T.reshape(1, 2, hg, wg)  # (1, 2, Hg, Wg)
             full = upsample_features(logits, stride, labels.shape)  # (1, 2, H, W)
-            conf += confusion_matrix(full[0].argmax(0).numpy(), labels, 2)
+            pair_conf = confusion_matrix(full[0].argmax(0).numpy(), labels, 2)
+            conf += pair_conf
+            union = pair_conf[1, :].sum() + pair_conf[:, 1].sum() - pair_conf[1, 1]
+            ious.append(float(pair_conf[1, 1] / union) if union > 0 else 1.0)  # nothing moving, none predicted
+        per_pair_iou.append(ious)
         miou = mean_iou(conf)
         iou_moving = miou["iou_per_class"][1]
         scores.append({"IoU_moving": 0.0 if iou_moving is None else iou_moving, "mIoU": miou["miou"], "pixel_acc": miou["pixel_accuracy"]})
@@ -161,6 +167,9 @@ def motion_segmentation_probe(
         "feature": feature_fn.name,
         "summary": {k: {"mean": float(np.mean([s[k] for s in scores])), "std": float(np.std([s[k] for s in scores]))} for k in scores[0]},
         "per_seed": scores,
+        # Each test pair's own IoU of the moving class under each seed's classifier, for paired comparisons.
+        "per_pair": {"video_id": [v for v, _ in test_ids], "t": [int(t) for _, t in test_ids],
+                     "IoU_moving": [list(x) for x in zip(*per_pair_iou)]},
         "moving_fraction": moving_fraction,
         "n_train_pairs": len(train),
         "n_test_pairs": len(test),

@@ -253,3 +253,37 @@ def qualitative_row(
         canvas.paste(Image.fromarray(panel), (x, caption))
         draw.text((x + w / 2, caption / 2), labels[i] if i < len(labels) else "", fill="black", font=font, anchor="mm")
     return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def davis_figure(images: np.ndarray, gt: np.ndarray, preds: Mapping[str, np.ndarray], frames: Sequence[int],
+                 *, height: int = 180) -> np.ndarray:
+    """DAVIS label propagation for a few frames of one sequence: one row per frame, the ground-truth mask
+    (green) and each source's propagated mask (red) over the frame, with a caption strip per row.
+
+    Args:
+        images: ``(n, H, W, 3)`` uint8 frames. gt: ``(n, H, W)`` labels (0 = background).
+        preds: ``{source name: (n, H, W) labels}``. frames: the frame index of each row (captions).
+    """
+    n = len(frames)
+    if images.shape[0] != n or gt.shape[0] != n or any(p.shape[0] != n for p in preds.values()):
+        raise ValueError(f"davis_figure: {n} frames but images {images.shape[0]}, gt {gt.shape[0]}, "
+                         f"preds {[p.shape[0] for p in preds.values()]}")
+    h0, w0 = images.shape[1:3]
+    w = max(1, round(w0 * height / h0))
+    rows = []
+    for i in range(n):
+        frame = _resize(images[i], (height, w))
+        panels = [mask_overlay(frame, _resize((gt[i] > 0).astype(np.uint8) * 255, (height, w), nearest=True) > 127, (30, 200, 60))]
+        labels = [f"frame {frames[i]}: ground truth"]
+        for name, p in preds.items():
+            panels.append(mask_overlay(frame, _resize((p[i] > 0).astype(np.uint8) * 255, (height, w), nearest=True) > 127))
+            labels.append(f"{name}: propagated")
+        gap, caption = 6, 22
+        canvas = Image.new("RGB", (len(panels) * w + (len(panels) - 1) * gap, height + caption), "white")
+        draw = ImageDraw.Draw(canvas)
+        for j, panel in enumerate(panels):
+            x = j * (w + gap)
+            canvas.paste(Image.fromarray(panel), (x, caption))
+            draw.text((x + w / 2, caption / 2), labels[j], fill="black", font=_font(13), anchor="mm")
+        rows.append(np.asarray(canvas, dtype=np.uint8))
+    return np.concatenate(rows, axis=0)

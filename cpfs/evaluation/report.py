@@ -103,6 +103,32 @@ def results_markdown_table(results: Mapping[str, Any]) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+def _paired_rows(protocols: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """One row per (protocol, source, video) of the paired comparisons: difference and its CI."""
+    header = ["protocol / source / video", "trained - random (same seed)", "CI low", "CI high", "pairs"]
+    rows = []
+    for proto, sources in protocols.items():
+        for name, src in sources.items():
+            p = src.get("paired") if isinstance(src, Mapping) else None
+            if not isinstance(p, Mapping):
+                continue
+            label = f"{PROTOCOL_TITLES.get(proto, proto)} / {name}"
+            rows.append([f"{label} / all videos", f"{p['mean']:+.3f}", f"{p['ci_low']:+.3f}", f"{p['ci_high']:+.3f}", str(p["n_pairs"])])
+            for vid, v in (p.get("per_video") or {}).items():
+                rows.append([f"{label} / {vid}", f"{v['mean']:+.3f}", f"{v['ci_low']:+.3f}", f"{v['ci_high']:+.3f}", str(v["n_pairs"])])
+    return header, rows
+
+
+def paired_markdown_table(protocols: Mapping[str, Mapping[str, Any]]) -> str:
+    """The paired comparisons as a markdown table (empty string when there are none)."""
+    header, rows = _paired_rows(protocols)
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` file (blank lines skipped); ValueError naming the line when malformed."""
     path = Path(path)
@@ -239,6 +265,10 @@ def write_report(
     meta = results.get("meta") or {}
     meta_json = json.dumps(meta, indent=2, default=_json_default)
     md = [f"# {title}\n", f"Written {doc['written_at']}. Every number, with its configuration and checkpoint, is in `results.json`.\n"]
+    verdicts = list(meta.get("verdicts") or [])
+    if verdicts:
+        md.append("## The result in words\n\n" + "\n".join(f"- {v[0].upper() + v[1:]}." for v in verdicts) + "\n")
+        md.append(paired_markdown_table(protocols))
     md.append("## Results\n\n" + results_markdown_table(results))
     if all_figs:
         md.append("## Figures\n")
@@ -250,6 +280,12 @@ def write_report(
 
     esc = html.escape
     body = [f"<h1>{esc(title)}</h1>", f"<p>Written {esc(doc['written_at'])}. Every number, with its configuration and checkpoint, is in <code>results.json</code>.</p>"]
+    if verdicts:
+        body.append('<h2>The result in words</h2><ul id="verdicts">' + "".join(f"<li>{esc(v[0].upper() + v[1:])}.</li>" for v in verdicts) + "</ul>")
+        header, rows = _paired_rows(protocols)
+        body.append("<table>" + "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
+        body += ["<tr><td>" + esc(r[0]) + "</td>" + "".join(f'<td class="num">{esc(c)}</td>' for c in r[1:]) + "</tr>" for r in rows]
+        body.append("</table>")
     body.append("<h2>Results</h2>")
     for proto, sources in protocols.items():
         if not sources:

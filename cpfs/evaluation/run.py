@@ -50,11 +50,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from cpfs.data import FlowPairDataset, complete_videos, plan_split, store_version
 from cpfs.errors import StoreError
-from cpfs.evaluation import baselines
+from cpfs.evaluation import baselines, stats
 from cpfs.evaluation.config import EvalConfig
 from cpfs.evaluation.datasets import (
     ImageFolderDataset,
@@ -68,10 +69,11 @@ from cpfs.evaluation.flow_alignment import flow_alignment
 from cpfs.evaluation.linear_probe import linear_probe
 from cpfs.evaluation.motion_segmentation import fit_motion_classifier, motion_segmentation_probe, predict_motion_mask
 from cpfs.evaluation.pairs import load_pair, select_pairs
-from cpfs.evaluation.plots import qualitative_row
+from cpfs.evaluation.plots import davis_figure, qualitative_row
 from cpfs.evaluation.report import ReportPaths, write_report
 from cpfs.evaluation.segmentation import segmentation_probe
 from cpfs.model import AlexNetConfig, CPFSModel, CPFSModelConfig, sample_points
+from cpfs.motion import MOTION_COLUMNS
 from cpfs.records import FrameRange
 from cpfs.train import CheckpointError, file_sha256, latest_checkpoint, load_checkpoint, read_checkpoint
 from storage import VideoStore
@@ -215,11 +217,18 @@ class PairSubset:
         self.allowed = {vid: None if pairs is None else frozenset(int(t) for t in pairs) for vid, pairs in allowed.items()}
 
     @classmethod
-    def from_ranges(cls, store: VideoStore, ranges: Sequence[FrameRange]) -> "PairSubset":
-        """Pairs t with both frames in a range: ``start <= t`` and ``t + 1 < stop``."""
+    def from_ranges(cls, store: VideoStore, ranges: Sequence[FrameRange], min_moving_fraction: float = 0.0) -> "PairSubset":
+        """Pairs t with both frames in a range: ``start <= t`` and ``t + 1 < stop``; with ``min_moving_fraction``
+        > 0 only pairs in which at least that fraction of the pixels moves on its own (``cpfs.motion``
+        ``moving_fraction``): on the others the flow kernel is estimation noise and the protocol would
+        measure noise."""
         allowed: dict[str, set[int]] = {}
         for r in ranges:
-            allowed.setdefault(r.video_id, set()).update(range(r.start, r.stop - 1))
+            pairs = set(range(r.start, r.stop - 1))
+            if min_moving_fraction > 0:
+                moving = store.read_motion(r.video_id)[:, MOTION_COLUMNS.index("moving_fraction")]
+                pairs = {t for t in pairs if t < moving.size and moving[t] >= min_moving_fraction}
+            allowed.setdefault(r.video_id, set()).update(pairs)
         return cls(store, allowed)
 
     @property
@@ -387,10 +396,27 @@ def prepare(cfg: EvalConfig, progress: Progress | None = None) -> EvalContext:
     if not split.heldout:
         raise ValueError(f"{main.path}: its training held out no video (holdout_fraction 0); "
                          "set EvalConfig.heldout_videos to the store's videos to evaluate on")
-    heldout = PairSubset.from_ranges(store, split.heldout)
-    return EvalContext(cfg=cfg, models=models, checkpoints=infos, store=store, store_version=version,
-                       train_ranges=split.train, heldout=heldout, heldout_ranges=split.heldout,
-                       warnings=warnings, progress=progress)
+    heldout = PairSubset.from_ranges(store, split.heldout, min_moving_fraction=cfg.min_moving_fraction)
+    kept = {vid: pairs for vid, pairs in heldout.allowed.items() if pairs is None or len(pairs) >= 2}
+    for vid in sorted(set(heldout.allowed) - set(kept)):
+        warnings.append(f"held-out video {vid} has fewer than 2 pairs in which at least {cfg.min_moving_fraction:g} of "
+                        "the pixels move on their own: left out of the held-out protocols")
+    if not kept:
+        raise ValueError(f"{cfg.store.path}: no held-out video of {main.path} has 2 or more pairs with motion "
+                         f"(min_moving_fraction {cfg.min_moving_fraction:g}); hold out videos with real motion, "
+                         "or lower min_moving_fraction")
+    heldout = PairSubset(store, kept)
+    ctx = EvalContext(cfg=cfg, models=models, checkpoints=infos, store=store, store_version=version,
+                      train_ranges=split.train, heldout=heldout, heldout_ranges=split.heldout,
+                      warnings=warnings, progress=progress)
+    if cfg.recalibrate_checkpoints and cfg.bn_batches > 0:
+        # The same crops and pixels as random-init network <training seed>: the paired comparison then differs
+        # in the weights only.
+        for name, model in models.items():
+            seed = int(infos[name].train_config.get("seed", 0))
+            points = int(infos[name].train_config.get("points_per_image", 256))
+            recalibrate_batchnorm(model, training_crops(cfg, infos[name], split.train, seed), points, seed)
+    return ctx
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -507,7 +533,48 @@ def run_flow_alignment(ctx: EvalContext) -> dict:
         ctx, lambda model, name: model_embedding_features(model, stride=stride, name=name),
         # The oracle reads the flow at the sampled pixels themselves (stride 1): the exact ceiling of the protocol.
         [baselines.position_features(stride), baselines.colour_features("lab", stride), baselines.flow_oracle_features(1)])
-    return _over_seeds(ctx, sources, one, "flow alignment")
+    out = _over_seeds(ctx, sources, one, "flow alignment")
+    embed = lambda model, name: model_embedding_features(model, stride=stride, name=name)  # noqa: E731
+    for name in ctx.models:
+        ctx.say(f"flow alignment: {name} against random init of its seed", 0, 1)
+        out[name]["paired"] = paired_comparison(ctx, out[name], one, embed, "alignment_centered",
+                                                "held-out centered flow alignment")
+    return out
+
+
+def paired_comparison(ctx: EvalContext, trained: Mapping[str, Any], one: Callable[[FeatureFn, int], dict],
+                      features: Callable[[CPFSModel, str], FeatureFn], metric: str, what: str) -> dict:
+    """The headline of a per-pair protocol: the paired difference trained - random init of the *same*
+    initialisation seed (the weights training started from, BN recalibrated like the trained network's), every
+    held-out pair under every pixel seed, with a bootstrap CI over pairs (stratified by video) and seeds
+    (``cpfs.evaluation.stats``), overall and per video, and a sentence that says it."""
+    seed = int(ctx.main.train_config.get("seed", 0))
+    fn = memoize_features(features(ctx.random_model(seed), f"{RANDOM} seed {seed}"))
+    base = [one(fn, s) for s in ctx.cfg.seed_list]
+    a = np.stack([np.asarray(r["per_pair"][metric]) for r in trained["per_seed"]], axis=1)  # (pairs, seeds)
+    b = np.stack([np.asarray(r["per_pair"][metric]) for r in base], axis=1)
+    groups = list(base[0]["per_pair"]["video_id"])
+    if list(trained["per_seed"][0]["per_pair"]["video_id"]) != groups:
+        raise RuntimeError("paired comparison: the two sources were scored on different pairs")
+    return paired_summary(a, b, groups, seed, metric, what, ctx.cfg.ci_level)
+
+
+def paired_summary(a: np.ndarray, b: np.ndarray, groups: Sequence[str], seed: int, metric: str, what: str,
+                   level: float) -> dict:
+    """Paired difference ``a - b`` of ``(pairs, seeds)`` scores of the trained network and random init of its
+    seed: the mean, its bootstrap CI (``stats.paired_bootstrap``), per video, and the sentence that says it."""
+    overall = stats.paired_bootstrap(a - b, groups, level=level)
+    return {
+        "metric": metric,
+        "against": f"{RANDOM} seed {seed}",
+        "trained_mean": float(a.mean()),
+        "random_same_seed_mean": float(b.mean()),
+        "random_same_seed_per_seed": [float(x) for x in b.mean(axis=0)],  # mean over pairs, per pixel seed
+        **overall,
+        "per_video": stats.per_group_bootstrap(a - b, groups, level=level),
+        "spread_over_videos": float(np.std([a[np.asarray(groups) == g].mean() for g in dict.fromkeys(groups)])),
+        "verdict": stats.verdict(overall, what, f"random init (seed {seed})"),
+    }
 
 
 def run_motion_segmentation(ctx: EvalContext) -> dict:
@@ -522,7 +589,19 @@ def run_motion_segmentation(ctx: EvalContext) -> dict:
 
     sources = _sources(ctx, _hypercolumns(cfg), [baselines.position_features(cfg.feature_stride),
                                                  baselines.colour_features("lab", cfg.feature_stride)])
-    return _all_seeds_at_once(ctx, sources, run_seeds, "motion segmentation")
+    out = _all_seeds_at_once(ctx, sources, run_seeds, "motion segmentation")
+    # Paired against random init of the training seed: the same test pairs and the same classifier seeds.
+    seed = int(ctx.main.train_config.get("seed", 0))
+    base = run_seeds(_hypercolumns(cfg)(ctx.random_model(seed), f"{RANDOM} seed {seed}"), cfg.seed_list)
+    b = np.asarray(base["per_pair"]["IoU_moving"])  # (pairs, seeds)
+    for name in ctx.models:
+        trained = out[name]["per_pair"]
+        if list(zip(trained["video_id"], trained["t"])) != list(zip(base["per_pair"]["video_id"], base["per_pair"]["t"])):
+            raise RuntimeError("motion segmentation paired comparison: the sources were scored on different pairs")
+        out[name]["paired"] = paired_summary(np.asarray(trained["IoU_moving"]), b, trained["video_id"], seed,
+                                             "IoU_moving", "the held-out motion-segmentation probe (IoU of moving pixels)",
+                                             cfg.ci_level)
+    return out
 
 
 def _subsample(ds: ImageFolderDataset, per_class: int | None, seed: int = 0) -> ImageFolderDataset:
@@ -600,12 +679,65 @@ def run_davis(ctx: EvalContext) -> dict:
     for fn in (baselines.position_features(cfg.feature_stride), baselines.colour_features("lab", cfg.feature_stride)):
         sources.append((fn.name, lambda s, fn=fn: fn, [0]))
     out = {}
+    train_seed = int(ctx.main.train_config.get("seed", 0))
+    same_seed: dict | None = None
     for i, (name, make, seeds) in enumerate(sources):
         ctx.say(f"DAVIS: {name}", i, len(sources))
-        rows = [davis_protocol(make(s), cfg.davis, cfg.davis_sequences, size=cfg.davis_size,
-                               max_frames=cfg.davis_max_frames) for s in seeds]
+        rows = []
+        for s in seeds:
+            rows.append(davis_protocol(make(s), cfg.davis, cfg.davis_sequences, size=cfg.davis_size,
+                                       max_frames=cfg.davis_max_frames,
+                                       figure_frames=cfg.davis_figure_frames if name in ctx.models or (name == RANDOM and s == train_seed) else 0))
+            if name == RANDOM and s == train_seed:
+                same_seed = rows[-1]
         out[name] = combine_seeds(rows, _source_meta(ctx, name))
+    figures = {name: out[name]["per_seed"][0].pop("figures", {}) for name in ctx.models}
+    random_figures = same_seed.pop("figures", {}) if same_seed is not None else {}
+    for name in list(out):
+        for row in out[name].get("per_seed", []):
+            row.pop("figures", None)  # arrays: drawn below, never stored in results.json
+    if same_seed is None:  # the training seed is not among the evaluation's seeds: run its network too
+        same_seed = davis_protocol(feats(ctx.random_model(train_seed), RANDOM), cfg.davis, cfg.davis_sequences,
+                                   size=cfg.davis_size, max_frames=cfg.davis_max_frames)
+    for name in ctx.models:
+        out[name]["paired"] = davis_paired(out[name]["per_seed"][0], same_seed, train_seed, cfg.ci_level)
+    # Figures: propagated masks against the ground truth for a few frames of every sequence, written as PNG
+    # files beside the report (the report embeds them), so they survive a protocol run in another process.
+    folder = cfg.out_path() / "figures"
+    files = {}
+    for seq, fig in figures.get("cpfs", {}).items():
+        preds = {"cpfs": fig["pred"]}
+        if seq in random_figures:
+            preds[f"{RANDOM} seed {train_seed}"] = random_figures[seq]["pred"]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"davis_{seq}.png"
+        Image.fromarray(davis_figure(fig["image"], fig["gt"], preds, fig["frames"])).save(path)
+        files[f"DAVIS {seq}: propagated masks (red) against ground truth (green)"] = str(path)
+    out["cpfs"]["figure_files"] = files
     return out
+
+
+def davis_paired(trained: Mapping[str, Any], random_same: Mapping[str, Any], seed: int, level: float) -> dict:
+    """DAVIS's second headline: the paired difference of J&F, trained - random init of the same seed, per
+    scored frame, with a bootstrap CI that resamples frames inside each sequence (sequences are strata).
+    Frames of one sequence are correlated (a propagation error persists), so this interval is about these
+    sequences' frames; the per-sequence differences and their spread are reported beside it."""
+    a, b = trained["per_frame"], random_same["per_frame"]
+    if list(zip(a["sequence"], a["t"])) != list(zip(b["sequence"], b["t"])):
+        raise RuntimeError("DAVIS paired comparison: the two sources were scored on different frames")
+    diff = np.asarray(a["J&F"]) - np.asarray(b["J&F"])
+    overall = stats.paired_bootstrap(diff, a["sequence"], level=level)
+    per_seq = {name: float(trained["sequences"][name]["J&F"] - random_same["sequences"][name]["J&F"])
+               for name in trained["sequences"]}
+    return {
+        "metric": "J&F", "against": f"{RANDOM} seed {seed}",
+        "trained_mean": float(np.mean(a["J&F"])), "random_same_seed_mean": float(np.mean(b["J&F"])),
+        **overall,
+        "per_video": stats.per_group_bootstrap(diff, a["sequence"], level=level),
+        "per_sequence_difference": per_seq,
+        "spread_over_videos": float(np.std([trained["sequences"][n]["J&F"] for n in trained["sequences"]])),
+        "verdict": stats.verdict(overall, "DAVIS J&F (label propagation)", f"random init (seed {seed})"),
+    }
 
 
 PROTOCOLS: dict[str, Callable[[EvalContext], dict]] = {
@@ -681,7 +813,10 @@ def build_results(ctx: EvalContext, protocols: Mapping[str, Mapping[str, Any]], 
         notes.append("SMOKE SCALE: the linear probe ran on scikit-learn's handwritten digits "
                      f"({cfg.digits_per_class} per class, {cfg.probe_size} px), not ImageNet; set imagefolder for a real run.")
     notes.append("std is over seeds; random-init network s is built with seed s, BN statistics recalibrated "
-                 f"on {cfg.bn_batches}x{cfg.bn_batch_size} training crops.")
+                 f"on {cfg.bn_batches}x{cfg.bn_batch_size} training crops"
+                 + (" (the checkpoints' too, on the crops of their training seed)." if cfg.recalibrate_checkpoints else "."))
+    verdicts = [src["paired"]["verdict"] + (f" [{name}]" if name != "cpfs" else "")
+                for proto in protocols.values() for name, src in proto.items() if isinstance(src.get("paired"), Mapping)]
     meta = {
         "config": cfg.model_dump(mode="json"),
         "checkpoint": str(ctx.main.path),
@@ -695,6 +830,7 @@ def build_results(ctx: EvalContext, protocols: Mapping[str, Mapping[str, Any]], 
         "smoke_scale": cfg.smoke_scale and "linear_probe" in protocols,
         "notes": notes,
         "warnings": list(ctx.warnings),
+        "verdicts": verdicts,
     }
     if seconds is not None:
         meta["seconds"] = seconds
@@ -709,6 +845,11 @@ def write_evaluation_report(cfg: EvalConfig, protocols: Mapping[str, Mapping[str
     try:
         ctx = ctx or prepare(cfg)
         figures = qualitative_figures(ctx)
+        for proto in protocols.values():  # figures a protocol wrote as files (DAVIS)
+            for src in proto.values():
+                for caption, path in (src.get("figure_files") or {}).items() if isinstance(src, Mapping) else ():
+                    if Path(path).is_file():
+                        figures[caption] = np.asarray(Image.open(path).convert("RGB"))
     finally:
         torch.set_num_threads(before)
     results = build_results(ctx, protocols, seconds)

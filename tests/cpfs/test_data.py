@@ -217,6 +217,49 @@ def test_cut_pairs_are_never_returned(store2: StoreConfig) -> None:
     assert [part.pair(i) for i in range(len(part))] == [("vid1", t) for t in (3, 4, 5, 6)]
 
 
+def test_static_pairs_are_dropped_and_cuts_stay_dropped(tmp_path: Path) -> None:
+    # Pairs 2-5 of a video carry no motion differences (the whole frame pans 1 px: nothing moves on its own),
+    # pair 8 is a shot cut. With min_moving_fraction the loader never returns any of them.
+    cfg = StoreConfig(path=str(tmp_path / "s.zarr"), shard_frames=32)
+    store = VideoStore.open(cfg, create=True)
+    frames, flow = synthetic_video(0)
+    flow[2:6] = BG_V
+    cut = np.zeros(T - 1, bool)
+    cut[8] = True
+    add_video(store, "vid0", frames, flow, cut)
+    moving = store.read_motion("vid0")[:, 1]
+    assert (moving[2:6] == 0).all() and (moving[[0, 1, 6, 7, 9, 10]] > 0.1).all()  # the square: 11 % of the frame
+    everything = FlowPairDataset(cfg, ["vid0"], crop=32)
+    kept = FlowPairDataset(cfg, ["vid0"], crop=32, min_moving_fraction=0.1)
+    assert [everything.pair(i)[1] for i in range(len(everything))] == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10]
+    assert [kept.pair(i)[1] for i in range(len(kept))] == [0, 1, 6, 7, 9, 10]
+    with pytest.raises(StoreError, match="min_moving_fraction=0.5"):
+        FlowPairDataset(cfg, ["vid0"], crop=32, min_moving_fraction=0.5)
+    with pytest.raises(ValueError, match="min_moving_fraction must be in"):
+        FlowPairDataset(cfg, ["vid0"], crop=32, min_moving_fraction=1.5)
+
+
+def test_store_without_motion_statistics_says_how_to_upgrade(tmp_path: Path) -> None:
+    # A version-1 store (written before motion statistics existed): the loader names the fix instead of crashing,
+    # and cpfs.ingest.add_motion_statistics (``cpfs upgrade``) adds exactly what a new ingest stores.
+    import shutil
+
+    from cpfs.ingest import add_motion_statistics
+
+    cfg = make_store(tmp_path / "s.zarr", n_videos=1)
+    store = VideoStore.open(cfg, create=False)
+    expected = store.read_motion("vid0")
+    shutil.rmtree(Path(cfg.path) / "videos" / "vid0" / "motion")
+    store.set_format_version(1)
+    with pytest.raises(StoreError, match=r"no motion statistics .*format 1.*cpfs upgrade --store"):
+        FlowPairDataset(cfg, ["vid0"], crop=32, min_moving_fraction=0.1)
+    assert len(FlowPairDataset(cfg, ["vid0"], crop=32)) == T - 1  # without the filter an old store still trains
+    assert add_motion_statistics(store) == ["vid0"]
+    assert store.format_version == 2
+    np.testing.assert_allclose(store.read_motion("vid0"), expected, atol=1e-3)  # from the int16 flow: 1/64 px steps
+    assert add_motion_statistics(store) == []  # a rerun does nothing
+
+
 def test_augmented_items_are_reproducible_and_flow_matches_image_motion(store2: StoreConfig) -> None:
     ds = FlowPairDataset(store2, ["vid1"], crop=40, augment=AugmentConfig(), seed=3)
     a_img, a_flow = ds[(2, 17)]

@@ -76,6 +76,37 @@ def test_two_gloo_ranks_stay_identical_and_only_rank0_writes(tmp_path: Path) -> 
     assert ck["world_size"] == 2 and all(torch.equal(ck["model"][k], p0[k]) for k in p0)
 
 
+def _teardown_main(rank: int, port: int, tmp: str) -> None:
+    """One rank of the teardown test: rank 1 is slow inside destroy_process_group."""
+    import time
+
+    import torch.distributed as torch_dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = init_from_env("cpu", timeout_s=60)
+    if rank == 1:
+        real = torch_dist.destroy_process_group
+
+        def slow_destroy(*args, **kwargs):  # noqa: ANN002, ANN003
+            time.sleep(1.5)
+            real(*args, **kwargs)
+            Path(tmp, "rank1-destroyed").write_text(repr(time.time()))
+
+        torch_dist.destroy_process_group = slow_destroy
+    shutdown(ctx)
+    Path(tmp, f"rank{rank}-returned").write_text(repr(time.time()))
+
+
+def test_rank0_outlives_every_other_ranks_teardown(tmp_path: Path) -> None:
+    """Rank 0 hosts the rendezvous store: it must not return (and exit) before every other rank has left
+    the process group, or a rank still tearing down loses the store and gloo aborts it."""
+    mp.start_processes(_teardown_main, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True,
+                       start_method="spawn")
+    destroyed = float((tmp_path / "rank1-destroyed").read_text())
+    assert float((tmp_path / "rank0-returned").read_text()) >= destroyed
+
+
 def test_single_process_context_and_rank_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)

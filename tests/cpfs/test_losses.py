@@ -226,7 +226,13 @@ def test_alignment_rejects_bad_shapes():
 
 def test_get_loss_names():
     assert set(LOSSES) == {"kta", "kta-centered", "ce", "ce-rev"}
-    assert get_loss("ce") is cross_entropy and get_loss("kta-centered") is kta_centered
+    assert get_loss("ce").func is cross_entropy and get_loss("kta-centered") is kta_centered
+    # The temperature reaches the ce losses (and only them: the alignment losses have none).
+    assert get_loss("ce", temperature=0.1).keywords == {"temperature": 0.1}
+    assert get_loss("ce-rev", temperature=0.5).func is cross_entropy_reversed
+    assert get_loss("kta", temperature=0.1) is kta
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        get_loss("ce", temperature=0.0)
     with pytest.raises(ValueError, match="unknown loss 'mse'.*ce, ce-rev, kta, kta-centered"):
         get_loss("mse")
 

@@ -59,3 +59,28 @@ def test_versioned_run_folder_per_store_version():
     assert a.for_store_version("v1") == a  # resolving twice does not nest folders
     plain = TrainStageConfig()
     assert plain.for_store_version("v1") is plain
+
+
+def test_a_different_store_for_a_later_stage_is_an_error_not_replaced():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"train.store \(/other.zarr\) differs from ingest.store \(/data/s.zarr\)"):
+        PipelineConfig.model_validate({"ingest": {"store": {"path": "/data/s.zarr"}},
+                                       "train": {"store": {"path": "/other.zarr"}}})
+    with pytest.raises(ValidationError, match=r"evaluate.store .* differs"):
+        PipelineConfig.model_validate({"evaluate": {"checkpoint": "r", "store": {"path": "/other.zarr"}}})
+    same = PipelineConfig.model_validate({"ingest": {"store": {"path": "/data/s.zarr"}},
+                                          "train": {"store": {"path": "/data/s.zarr"}}})
+    assert same.train.store.path == "/data/s.zarr"
+    assert PipelineConfig.model_validate(same.model_dump(mode="json", by_alias=True)) == same  # a round trip is no conflict
+
+
+def test_preflight_tries_to_write_instead_of_trusting_permission_bits(tmp_path):
+    # os.access says root may write in /proc; creating a file there fails for everyone.
+    with pytest.raises(PreflightError, match=r"ingest.store.path: /proc/forbidden.zarr is not writable") as e:
+        preflight(PipelineConfig.model_validate({"ingest": {"store": {"path": "/proc/forbidden.zarr"}}}))
+    assert e.value.parameter == "ingest.store.path" and "cannot create a file in /proc" in e.value.reason
+    before = sorted(tmp_path.iterdir())
+    preflight(PipelineConfig.model_validate({"ingest": {"store": {"path": str(tmp_path / "new" / "s.zarr")}},
+                                             "train": {"run_dir": str(tmp_path / "run")}}))
+    assert sorted(tmp_path.iterdir()) == before  # the probe files are gone, no folder was created

@@ -64,7 +64,7 @@ def test_presets_and_overrides() -> None:
     assert cfg.optimizer.lr == 5e-4 and cfg.optimizer.weight_decay == 0.05 and cfg.steps == 10
     dumped = json.loads(cfg.model_dump_json())  # the JSON the CLI and checkpoints carry round-trips
     assert TrainConfig.from_preset(dumped.pop("preset"), **dumped) == cfg
-    with pytest.raises(ValueError, match="valid names: demo, paper"):
+    with pytest.raises(ValueError, match="valid names: cpu-hour, demo, paper"):
         TrainConfig.from_preset("huge")
     with pytest.raises(pydantic.ValidationError, match="'kta', 'kta-centered', 'ce' or 'ce-rev'"):
         TrainConfig.from_preset("demo", loss="mse")
@@ -221,3 +221,39 @@ def test_bad_inputs(store3: StoreConfig, tmp_path: Path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="unreadable"):
         load_checkpoint(bad, build_model(cfg))
+
+
+def test_config_temperature_and_bandwidth_reach_the_loss() -> None:
+    from cpfs.kernels import embedding_kernel, flow_kernel, median_pairwise_distance
+    from cpfs.losses import cross_entropy
+    from cpfs.model import read_at_points, sample_points
+    from cpfs.train import build_objective
+
+    torch.manual_seed(0)
+    images, flow = torch.rand(2, 3, 64, 64), 3 * torch.randn(2, 2, 64, 64)
+    points = sample_points(2, 64, 64, 32, generator=torch.Generator().manual_seed(0))
+    for t in (1.0, 0.1):
+        cfg = tiny_config(loss="ce", temperature=t, sigma_scale=0.7)
+        objective = build_objective(build_model(cfg), cfg).eval()
+        loss, emb, k_phi, k_f, sigma = objective(images, flow, points)
+        f = read_at_points(flow, points)
+        torch.testing.assert_close(sigma, 0.7 * median_pairwise_distance(f))
+        torch.testing.assert_close(k_f, flow_kernel(f, sigma))
+        torch.testing.assert_close(loss, cross_entropy(embedding_kernel(emb), k_f, temperature=t))
+    assert tiny_config(loss="kta").bandwidth_scale() == 0.5 and tiny_config().bandwidth_scale() == 1.0
+
+
+def test_random_init_of_the_training_seed_is_the_network_training_starts_from(store3: StoreConfig, tmp_path: Path) -> None:
+    # The evaluation's paired baseline (random init, same seed) must be exactly the weights step 0 started from.
+    from cpfs.evaluation.baselines import random_init_model
+
+    cfg = tiny_config(steps=1, seed=5, optimizer={"lr": 1e-12, "weight_decay": 0.0}, checkpoint_every=1)
+    result = train(cfg, store3, tmp_path / "run")
+    start = random_init_model(result.model.config, seed=5).state_dict()
+    trained = result.model.state_dict()
+    for k, v in start.items():
+        if "running" in k or "num_batches" in k:
+            continue  # BatchNorm statistics move in train mode whatever the learning rate
+        torch.testing.assert_close(trained[k], v, atol=1e-6, rtol=0, msg=k)
+    first = next(iter(start))  # and another seed gives other weights
+    assert not torch.equal(random_init_model(result.model.config, seed=6).state_dict()[first], start[first])

@@ -132,9 +132,10 @@ def test_decode_step_and_cap_on_large_sample(samples) -> None:
 
 
 def test_decode_matches_opencv_reference(samples) -> None:
-    """Naive reference: OpenCV's own VideoCapture, frame by frame, at the source size."""
+    """Naive reference: OpenCV's own VideoCapture, frame by frame, at the coded size (carphone's pixels are
+    not square, SAR 128:117: its display size is 193x144, so the coded size is asked for explicitly)."""
     src = samples["carphone_pristine"]
-    ours = list(decode(src, DecodeConfig(short_side=None, max_frames=8)))
+    ours = list(decode(src, DecodeConfig(size=(176, 144), max_frames=8)))
     cap = cv2.VideoCapture(src.path)
     try:
         for frame in ours:
@@ -224,7 +225,8 @@ def test_decode_range_respects_max_frames_and_rejects_bad_ranges(samples) -> Non
     cfg = DecodeConfig(short_side=32, max_frames=10)
     full = np.stack(list(decode(src, cfg)))
     np.testing.assert_array_equal(decode_range(src, cfg, 6, 20), full[6:20])
-    assert decode_range(src, cfg, 12, 20).shape == (0, *full.shape[1:]) == (0, 32, 40, 3)  # 39.1 -> even 40
+    # displayed 192.5x144 (SAR 128:117): 192.5 * 32 / 144 = 42.8 -> even 42
+    assert decode_range(src, cfg, 12, 20).shape == (0, *full.shape[1:]) == (0, 32, 42, 3)
     with pytest.raises(ValueError, match="start < stop"):
         decode_range(src, cfg, 5, 5)
     with pytest.raises(ValueError, match="start < stop"):
@@ -490,3 +492,111 @@ def test_stall_times_out_and_kills_ffmpeg(tmp_path) -> None:
     assert err.reason == "ffmpeg timed out"
     assert ffmpeg_children() == []
     assert _reason(content_id, file_source(fifo)).reason == "not a video"  # never blocks reading a FIFO
+
+
+# ------------------------------------------------------------------ truncation, repeat frames, geometry
+
+TREE_AVI = DATA / "videos" / "tree.avi"
+
+
+def _noisy_video(path: Path, seconds: float, *extra: str) -> Path:
+    """A real H.264 video that does not compress to nothing (testsrc2 plus temporal noise), 160x120, 25 fps."""
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-vf", "noise=alls=30:allf=t", "-t", str(seconds),
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", *extra, str(path))
+    return path
+
+
+def test_matroska_cut_short_is_truncated_not_stored_short(tmp_path) -> None:
+    """A Matroska file cut at 30 KB still opens (its header declares 2.00 s, 50 frames) and its packets
+    decode without a decoder error: only comparing what the file holds with what it declares finds it."""
+    full = _noisy_video(tmp_path / "full.mkv", 2.0)
+    assert full.stat().st_size > 100_000  # the cut below really loses most of the frames
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(full.read_bytes()[:30_000])
+    err = _reason(probe, file_source(cut))
+    assert err.reason == "truncated" and err.path == str(cut)
+    assert "of ~50 frames" in err.detail and "2.00 s" in err.detail, err.detail
+    err = _reason(decode, file_source(cut), DecodeConfig(short_side=None))
+    assert err.reason == "truncated"
+    meta = probe(file_source(full))  # the intact file is fine
+    assert (meta.n_frames, meta.duration_s) == (50, 2.0)
+
+
+@pytest.mark.parametrize("name", ["audio_longer.mkv", "audio_longer.mp4", "vfr.mkv", "vfr.mp4", "clip.webm", "clip.ts"])
+def test_good_files_are_not_taken_for_truncated(tmp_path, name) -> None:
+    """Audio that outlasts the video, variable frame rate, VP9/WebM and MPEG-TS (which starts at 1.4 s) all
+    declare durations their packets cover."""
+    path = tmp_path / name
+    src = ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:d=2"]
+    if name.startswith("audio_longer"):
+        _ffmpeg(*src, "-f", "lavfi", "-i", "sine=d=5", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path))
+        n = 50
+    elif name.startswith("vfr"):
+        _ffmpeg(*src, "-vf", "setpts='if(lt(N,30),N/25,N/10)/TB'", "-fps_mode", "vfr", "-c:v", "libx264",
+                "-pix_fmt", "yuv420p", str(path))
+        n = 50
+    elif name.endswith(".webm"):
+        _ffmpeg(*src, "-c:v", "libvpx-vp9", "-b:v", "100k", str(path))
+        n = 50
+    else:
+        _ffmpeg(*src, "-c:v", "mpeg2video", str(path))
+        n = 50
+    meta = probe(file_source(path))
+    assert meta.n_frames == n
+    assert len(list(decode(file_source(path), DecodeConfig(short_side=None), meta))) == n
+
+
+@pytest.mark.skipif(not TREE_AVI.is_file(), reason=f"OpenCV's sample tree.avi not found at {TREE_AVI} (shared data)")
+def test_avi_repeat_frames_are_not_frames() -> None:
+    """tree.avi (Cinepak in AVI): 444 index entries, 376 of them empty 'repeat the previous frame' entries.
+    The video is its 68 distinct frames (a repeat would only add a zero-flow pair), and it is complete."""
+    src = file_source(TREE_AVI)
+    meta = probe(src)
+    assert (meta.width, meta.height, meta.codec, meta.n_frames) == (320, 240, "cinepak", 68)
+    frames = list(decode(src, DecodeConfig(short_side=None), meta))
+    assert len(frames) == 68
+    assert all(not np.array_equal(a, b) for a, b in zip(frames, frames[1:]))
+    np.testing.assert_array_equal(decode_range(src, DecodeConfig(short_side=None), 60, 68, meta), np.stack(frames[60:]))
+
+
+def _ffmpeg_rgb(path: Path, w: int, h: int) -> np.ndarray:
+    """Frames as ffmpeg's own command line decodes them (autorotation on: its default), (n, h, w, 3)."""
+    out = subprocess.run([get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         check=True, capture_output=True).stdout
+    return np.frombuffer(out, np.uint8).reshape(-1, h, w, 3)
+
+
+@pytest.mark.parametrize("rotation", [90, 270])
+def test_rotated_video_comes_out_as_displayed(tmp_path, rotation) -> None:
+    """A 320x240 video with a display matrix of 90 degrees is shown portrait, 240x320: decoded frames are
+    portrait with the source's aspect ratio, and equal ffmpeg's own autorotated frames."""
+    plain = tmp_path / "plain.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10", "-frames:v", "6", "-c:v", "libx264",
+            "-pix_fmt", "yuv420p", str(plain))
+    rotated = tmp_path / f"rot{rotation}.mp4"
+    _ffmpeg("-display_rotation", str(rotation), "-i", str(plain), "-c", "copy", str(rotated))
+    meta = probe(file_source(rotated))
+    assert (meta.width, meta.height, meta.rotation) == (320, 240, rotation)
+    assert output_size(meta, DecodeConfig(short_side=128)) == (128, 170)  # portrait, 3:4
+    frames = np.stack(list(decode(file_source(rotated), DecodeConfig(short_side=None), meta)))
+    assert frames.shape == (6, 320, 240, 3)
+    np.testing.assert_array_equal(frames, _ffmpeg_rgb(rotated, 240, 320))
+    # the content is the plain video's, turned a quarter: compare with numpy's rotation of the plain frames
+    upright = np.stack(list(decode(file_source(plain), DecodeConfig(short_side=None))))
+    turned = [np.abs(np.rot90(upright, k, axes=(1, 2)).astype(int) - frames).mean() for k in (1, 3)]
+    assert min(turned) < 2.0 < max(turned)
+    small = np.stack(list(decode(file_source(rotated), DecodeConfig(short_side=128), meta)))
+    assert small.shape == (6, 170, 128, 3)
+
+
+def test_sample_aspect_ratio_is_honoured(tmp_path) -> None:
+    """320x240 coded at SAR 2:1 displays as 640x240: the decoded frames keep the displayed shape."""
+    path = tmp_path / "sar.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10", "-frames:v", "4", "-vf", "setsar=2/1",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
+    meta = probe(file_source(path))
+    assert (meta.width, meta.height, meta.sar) == (320, 240, (2, 1))
+    assert output_size(meta, DecodeConfig(short_side=None)) == (640, 240)
+    assert output_size(meta, DecodeConfig(short_side=120)) == (320, 120)
+    frames = np.stack(list(decode(file_source(path), DecodeConfig(short_side=120), meta)))
+    assert frames.shape == (4, 120, 320, 3)

@@ -83,9 +83,9 @@ def test_ingest_runs_its_tasks_on_the_workers_of_an_existing_cluster(real_prefec
             assert run.state.is_completed(), run.state
             (sub,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
-            # The workers' task runs reached the same server: 2 prepare + 2 x 3 ranges (6 frames in
-            # shards of 2) + 2 finalize, all completed.
-            expected = {"prepare_video": 2, "process_range": 6, "finalize_video": 2}
+            # The workers' task runs reached the same server: 2 identify (content hash) + 2 prepare +
+            # 2 x 3 ranges (6 frames in shards of 2) + 2 finalize, all completed.
+            expected = {"identify_video": 2, "prepare_video": 2, "process_range": 6, "finalize_video": 2}
             seen: dict[str, int] = {}
 
             def recorded() -> bool:

@@ -177,3 +177,106 @@ def test_serve_on_postgresql_records_a_flow_run_and_stops_on_ctrl_c(postgres_url
         assert not handle.healthy(timeout_s=2)
     finally:
         stop_process_group(proc, timeout_s=15)
+
+
+# ------------------------------------------------------------------------------- `cpfs server` itself
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _start_cpfs_server(tmp_path: Path, port: int, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """``cpfs server --port PORT`` as a user starts it (the console script), its home in ``tmp_path``;
+    returns once it printed that it is ready."""
+    exe = shutil.which("cpfs", path=str(Path(sys.executable).parent))
+    assert exe, "the cpfs console script is not installed in this environment"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
+    for name in ("PREFECT_API_URL", "PREFECT_SERVER_UI_API_URL", "PREFECT_UI_API_URL"):
+        env.pop(name, None)
+    log = tmp_path / "cpfs-server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([exe, "server", "--port", str(port), *extra], env=env, cwd=tmp_path, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def alive() -> None:
+        if proc.poll() is not None:
+            pytest.fail(f"cpfs server exited with code {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+
+    try:
+        wait_until(lambda: "Press Ctrl+C to stop." in log.read_text(errors="replace"), 300,
+                   f"`cpfs server --port {port}` to report it is ready", every_s=0.5, check=alive)
+    except BaseException:
+        _end_tree(proc)
+        raise
+    return proc, log
+
+
+def _tree(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _end_tree(proc: subprocess.Popen) -> None:
+    """Clean-up of a test that failed: end the wrapper's group and every descendant's group."""
+    for pid in _tree(proc.pid):
+        with __import__("contextlib").suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    stop_process_group(proc, timeout_s=10)
+
+
+def test_sigterm_to_cpfs_server_stops_the_prefect_server_and_everything_it_started(tmp_path):
+    port = free_port()
+    proc, log = _start_cpfs_server(tmp_path, port, "--no-ui")
+    try:
+        descendants = _tree(proc.pid)
+        assert descendants, "cpfs server started no Prefect server process"
+        assert urllib_ok(f"http://127.0.0.1:{port}/api/health")
+        os.kill(proc.pid, signal.SIGTERM)  # what `kill`, systemd and docker send
+        assert proc.wait(timeout=60) == 0, log.read_text(errors="replace")[-3000:]
+        wait_until(lambda: not any(_alive(p) for p in descendants), 30,
+                   f"the Prefect server processes {descendants} to exit after SIGTERM to cpfs server", every_s=0.2)
+        assert not urllib_ok(f"http://127.0.0.1:{port}/api/health")
+        assert "SIGTERM: stopping the Prefect server" in log.read_text()
+    finally:
+        _end_tree(proc)
+
+
+def urllib_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback http
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_the_dashboard_on_a_non_default_port_reaches_its_api_in_a_real_browser(tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install chromium; `make system-deps` does it in CI)")
+    import json
+    import urllib.request
+
+    port = free_port()
+    assert port != 4200
+    proc, _ = _start_cpfs_server(tmp_path, port)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=10) as r:  # noqa: S310
+            assert json.loads(r.read())["api_url"] == f"http://127.0.0.1:{port}/api"
+        base = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+        dom = subprocess.run([*base, "--virtual-time-budget=20000", "--dump-dom", f"http://127.0.0.1:{port}/dashboard"],
+                             capture_output=True, text=True, timeout=120)
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        page = dom.stdout
+        assert "<div" in page and len(page) > 2000, page[-2000:]  # the app rendered
+        assert "Can't connect" not in page and "Can&#39;t connect" not in page, page[-3000:]
+        assert "Dashboard" in page, page[-3000:]
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        _end_tree(proc)

@@ -78,13 +78,14 @@ def store(cfg: StoreConfig) -> VideoStore:
 def test_layout_read_back_from_zarr_metadata(store: VideoStore, cfg: StoreConfig) -> None:
     assert store.begin_video(make_record(), backend="opencv-dis", settings=SETTINGS) == "created"
     root = zarr.open_group(cfg.path, mode="r")
-    assert root.attrs["cpfs_store"] == {"format_version": 1}
+    assert root.attrs["cpfs_store"] == {"format_version": 2}
     g = root["videos/vid0"]
     expect = {
         "frames": ((T, H, W, 3), np.uint8, (1, H, W, 3), (S, H, W, 3)),
         "flow": ((T - 1, H, W, 2), np.int16, (1, H, W, 2), (S, H, W, 2)),
         "pair_error": ((T - 1,), np.float32, (S,), None),
         "cut": ((T - 1,), np.bool_, (S,), None),
+        "motion": ((T - 1, 5), np.float32, (S, 5), None),
     }
     for name, (shape, dtype, chunks, shards) in expect.items():
         arr = g[name]
@@ -99,7 +100,7 @@ def test_layout_read_back_from_zarr_metadata(store: VideoStore, cfg: StoreConfig
     assert a["status"] == "incomplete"
     assert a["video_id"] == "vid0" and a["source_path"] == "/videos/a.mp4" and a["size_bytes"] == 1234
     assert a["backend"] == "opencv-dis" and a["settings"] == {**SETTINGS, "flow_backend": "opencv-dis"}
-    assert a["layout"] == {"format_version": 1, "shard_frames": S, "flow_scale": 64.0, "flow_bound": 100.0}
+    assert a["layout"] == {"format_version": 2, "shard_frames": S, "flow_scale": 64.0, "flow_bound": 100.0}
     assert a["cpfs_version"] == cpfs.__version__ and a["created_at"]
     assert a["source_meta"]["codec"] == "h264"
 

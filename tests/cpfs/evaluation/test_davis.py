@@ -1,5 +1,5 @@
 """DAVIS scores on hand-made masks, label propagation against a naive loop, and the protocol on 2 real
-sequences x 8 frames at reduced size."""
+sequences x 8 frames at reduced size, held equal to the first implementation's J and F."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cpfs.evaluation.baselines import colour_features, position_features
+from cpfs.evaluation.baselines import colour_features, position_features, random_init_model
 from cpfs.evaluation.davis import (
+    LabelPropagator,
+    _argmax_labels,
     contour_accuracy_f,
     davis_protocol,
     labels_to_grid,
@@ -20,6 +22,7 @@ from cpfs.evaluation.davis import (
     propagate_labels,
     region_similarity_j,
 )
+from cpfs.evaluation.features import hypercolumn_features
 
 
 def square(h: int, w: int, y0: int, x0: int, side: int) -> np.ndarray:
@@ -83,16 +86,72 @@ def naive_propagate(feats: np.ndarray, first: np.ndarray, n_context: int, topk: 
     return np.stack(labels)
 
 
-def test_propagation_matches_naive_loop() -> None:
-    rng = np.random.default_rng(0)
-    feats = rng.normal(size=(4, 3, 5, 6)).astype(np.float32)
-    first = np.zeros((2, 5, 6))
-    first[1, 1:4, 2:5] = 1
+def random_case(t_len: int, c: int, h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian features (no exact ties) and a two-label first mask with a square object."""
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(t_len, c, h, w)).astype(np.float32)
+    first = np.zeros((2, h, w))
+    first[1, h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = 1
     first[0] = 1 - first[1]
-    got = propagate_labels(torch.from_numpy(feats), torch.from_numpy(first).float(), n_context=2, topk=4, temperature=0.5, radius=1.5, chunk=7)
-    ref = naive_propagate(feats, first, 2, 4, 0.5, 1.5)
+    return feats, first
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "n_context", "topk", "radius", "tile", "chunk"),
+    [
+        (5, 6, 2, 4, 1.5, 8, 7),  # one tile larger than the grid, blocks smaller than a tile
+        (9, 11, 2, 5, 2.5, 3, 20),  # many tiles, partial tiles at the right and bottom edges
+        (7, 9, 1, 3, math.inf, 4, 16),  # no window: the whole grid, one tile
+        (6, 7, 3, 1, 0.0, 2, 64),  # radius 0: only the same cell in each reference
+        (8, 8, 0, 6, 4.0, 3, 5),  # no context: frame 0 is the only reference
+        (6, 10, 2, 40, 2.0, 4, 32),  # topk above the window's size: every candidate in the disc
+    ],
+)
+def test_propagation_matches_naive_loop(h: int, w: int, n_context: int, topk: int, radius: float, tile: int, chunk: int) -> None:
+    feats, first = random_case(4, 3, h, w)
+    got = propagate_labels(torch.from_numpy(feats), torch.from_numpy(first).float(), n_context=n_context, topk=topk,
+                           temperature=0.5, radius=radius, tile=tile, chunk=chunk)
+    ref = naive_propagate(feats, first, n_context, topk, 0.5, radius)
     assert np.allclose(got.numpy(), ref, atol=1e-5)
-    assert torch.allclose(got.sum(1), torch.ones(4, 5, 6), atol=1e-5)  # soft labels stay distributions
+    assert torch.allclose(got.sum(1), torch.ones(4, h, w), atol=1e-5)  # soft labels stay distributions
+
+
+def test_tile_and_chunk_change_nothing_but_speed() -> None:
+    feats, first = random_case(7, 16, 23, 31, seed=1)
+    f, l0 = torch.from_numpy(feats), torch.from_numpy(first).float()
+    base = propagate_labels(f, l0, radius=5.0, tile=8, chunk=1024)
+    for tile, chunk in ((1, 1), (3, 10), (5, 25), (16, 4096), (40, 100)):
+        # Other block shapes sum the dot products in another order (tile 1: matrix-vector products); the
+        # float32 round-off, divided by the temperature 0.07 and carried over 6 frames, stays below 1e-4.
+        assert torch.allclose(propagate_labels(f, l0, radius=5.0, tile=tile, chunk=chunk), base, atol=1e-4), (tile, chunk)
+
+
+def test_propagator_step_by_step_equals_the_whole_stack() -> None:
+    feats, first = random_case(5, 4, 10, 12, seed=2)
+    f, l0 = torch.from_numpy(feats), torch.from_numpy(first).float()
+    prop = LabelPropagator(f[0], l0, n_context=2, topk=4, radius=3.0)
+    steps = torch.stack([l0, *(prop.step(f[t]) for t in range(1, 5))])
+    assert torch.equal(steps, propagate_labels(f, l0, n_context=2, topk=4, radius=3.0))
+
+
+def test_propagator_rejects_bad_input() -> None:
+    f, l0 = torch.zeros(3, 4, 5), torch.ones(2, 4, 5)
+    prop = LabelPropagator(f, l0)
+    with pytest.raises(ValueError, match=r"shape \(3, 4, 5\)"):
+        prop.step(torch.zeros(3, 4, 6))
+    with pytest.raises(ValueError, match="same grid"):
+        LabelPropagator(f, torch.ones(2, 4, 6))
+    with pytest.raises(ValueError, match="tile >= 1"):
+        LabelPropagator(f, l0, tile=0)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        propagate_labels(f.unsqueeze(0), l0, temperature=0.0)
+
+
+def test_argmax_labels_is_torch_argmax_first_maximum_on_ties() -> None:
+    scores = torch.tensor([[[0.2, 0.5, 0.5]], [[0.7, 0.5, 0.1]], [[0.7, 0.1, 0.6]]])  # (3, 1, 3); ties in 2 pixels
+    assert _argmax_labels(scores).tolist() == scores.argmax(0).tolist() == [[1, 0, 2]]
+    rnd = torch.rand(4, 30, 40)
+    assert np.array_equal(_argmax_labels(rnd), rnd.argmax(0).numpy())
 
 
 def test_identical_frames_propagate_the_first_mask_unchanged() -> None:
@@ -113,16 +172,51 @@ def test_labels_to_grid_reads_the_mask_at_grid_pixels() -> None:
     assert grid[1, 5, 7] == 1.0 and grid[1, 0, 0] == 0.0
 
 
+# J and F of the first implementation (commit ac4bc53's cpfs/evaluation/davis.py, kept verbatim as
+# bench/_davis_reference.py), computed once with one torch thread on ../shared/data/davis, first 8 frames:
+#   davis_protocol(FEATURES, root, ["blackswan", "car-shadow"], size=96, max_frames=8)
+# Random-init half-width hypercolumns (seed 0): the current implementation gives them bit for bit, so 1e-6.
+# Colour (Lab): its features have exact ties (equal colours), broken in another order now; J moved by 4e-4.
+FIRST_IMPLEMENTATION = {
+    "hypercolumns": {"blackswan": (0.7607950657341298, 0.679746418737647), "car-shadow": (0.7870381043817481, 0.41847487749777085)},
+    "colour-lab": {"blackswan": (0.8483673230884102, 0.8823703943225868), "car-shadow": (0.49825969256816094, 0.3833675131085229)},
+}
+
+
+def test_protocol_equals_the_first_implementation_on_network_features(davis_root: Path) -> None:
+    fn = hypercolumn_features(random_init_model(seed=0, width=0.5).trunk, stride=4, name="random-init")
+    res = davis_protocol(fn, davis_root, ["blackswan", "car-shadow"], size=96, max_frames=8)
+    for name, (j, f) in FIRST_IMPLEMENTATION["hypercolumns"].items():
+        assert res["sequences"][name]["J"] == pytest.approx(j, abs=1e-6)
+        assert res["sequences"][name]["F"] == pytest.approx(f, abs=1e-6)
+
+
 def test_protocol_on_two_real_sequences(davis_root: Path) -> None:
-    res = davis_protocol(colour_features("lab", stride=4), davis_root, ["blackswan", "car-shadow"], size=96, max_frames=8)
+    res = davis_protocol(colour_features("lab", stride=4), davis_root, ["blackswan", "car-shadow"], size=96, max_frames=8,
+                         figure_frames=2)
     assert set(res["sequences"]) == {"blackswan", "car-shadow"}
     for name, s in res["sequences"].items():
         assert s["n_frames"] == 8 and s["n_objects"] == 1
-        assert 0.0 <= s["J"] <= 1.0 and 0.0 <= s["F"] <= 1.0
+        j, f = FIRST_IMPLEMENTATION["colour-lab"][name]
+        assert s["J"] == pytest.approx(j, abs=1e-3) and s["F"] == pytest.approx(f, abs=1e-3)
     assert res["J_mean"] == pytest.approx(np.mean([s["J"] for s in res["sequences"].values()]))
+    assert res["J_std"] == pytest.approx(np.std([s["J"] for s in res["sequences"].values()])) == res["summary"]["J"]["std"]
+    assert [(r["sequence"], r["J"], r["F"]) for r in res["per_sequence"]] == [
+        (n, s["J"], s["F"]) for n, s in res["sequences"].items()]
+    frames = res["per_frame"]
+    assert frames["t"] == list(range(1, 8)) * 2 and frames["sequence"] == ["blackswan"] * 7 + ["car-shadow"] * 7
+    assert np.mean(frames["J"][:7]) == pytest.approx(res["sequences"]["blackswan"]["J"])  # one object: frame means
+    assert np.mean(frames["J&F"][7:]) == pytest.approx(res["sequences"]["car-shadow"]["J&F"])
     # Colour separates the white swan from the dark water: propagation keeps it (measured J 0.85 at 96 px).
     assert res["sequences"]["blackswan"]["J"] > 0.6
     assert set(res["summary"]) == {"J", "F", "J&F"}
+    # Figures: 2 scored frames per sequence (first and last scored), full-resolution arrays, only under "figures".
+    fig = res["figures"]["blackswan"]
+    assert fig["frames"] == [1, 7]
+    assert fig["image"].shape == (2, 480, 854, 3) and fig["image"].dtype == np.uint8
+    assert fig["pred"].shape == fig["gt"].shape == (2, 480, 854)
+    assert region_similarity_j(fig["pred"][1] == 1, fig["gt"][1] == 1) > 0.6
+    assert "figures" not in davis_protocol(colour_features("lab", stride=4), davis_root, ["blackswan"], size=64, max_frames=3)
 
 
 def test_protocol_propagation_beats_a_wrong_first_mask(davis_root: Path, tmp_path: Path) -> None:

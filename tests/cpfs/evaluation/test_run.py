@@ -31,7 +31,7 @@ from cpfs.train import CheckpointError, save_checkpoint, train
 from cpfs.train_config import TrainConfig
 from storage import VideoStore
 
-T, H, W, SIDE = 8, 64, 80, 22
+T, H, W, SIDE = 8, 64, 80, 26  # the square covers 13 % of the frame: above the default min_moving_fraction 0.1
 
 
 def moving_square_video(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,8 +135,26 @@ def test_evaluate_writes_every_protocol_for_cpfs_and_random(trained, tmp_path: P
     assert set(protocols["linear_probe"]["cpfs"]["summary"]) == {"conv1", "conv2", "conv3", "conv4", "conv5"}
     assert protocols["linear_probe"]["chance"]["summary"]["conv1"]["mean"] == pytest.approx(0.1)
 
+    # The headline: trained - random init of the training seed (0), paired over the same pairs and pixel seeds.
+    paired = fa["cpfs"]["paired"]
+    assert paired["against"] == "random-init seed 0" and paired["n_seeds"] == 2
+    # Network seed 0 under pixel seed 0 is exactly the random-init row's first seed.
+    seed0 = fa["random-init"]["per_seed"][0]["summary"]["alignment_centered"]["mean"]
+    assert paired["random_same_seed_per_seed"][0] == pytest.approx(seed0, abs=1e-6)
+    assert paired["mean"] == pytest.approx(paired["trained_mean"] - paired["random_same_seed_mean"])
+    assert paired["ci_low"] <= paired["mean"] <= paired["ci_high"]
+    assert set(paired["per_video"]) == set(meta["heldout"][i]["video_id"] for i in range(len(meta["heldout"])))
+    assert "held-out centered flow alignment" in paired["verdict"]
+    motion = protocols["motion_segmentation"]["cpfs"]["paired"]  # and the motion probe's, per test pair
+    assert motion["metric"] == "IoU_moving" and motion["n_seeds"] == 2
+    assert 0.0 <= motion["trained_mean"] <= 1.0 and motion["ci_low"] <= motion["mean"] <= motion["ci_high"]
+    assert meta["verdicts"] == [paired["verdict"], motion["verdict"]]
+
     md = result.report_md.read_text()
     assert "smoke scale" in md and "random-init" in md and "Flow-kernel alignment" in md
+    # The report says the result in words before any table.
+    assert md.index("## The result in words") < md.index("## Results")
+    assert paired["verdict"][1:] in md
     html = result.report_html.read_text()
     for fig in ("loss_curve", "linear_probe", "heldout_0_cpfs", "heldout_0_random-init"):
         assert f'id="fig-{fig}"' in html, fig
@@ -203,6 +221,15 @@ def test_protocols_run_alone_and_davis_runs_when_configured(trained, tmp_path: P
     assert set(out) == {"cpfs", "random-init", "position", "colour-lab"}
     for res in out.values():
         assert 0.0 <= res["summary"]["J"]["mean"] <= 1.0 and 0.0 <= res["summary"]["F"]["mean"] <= 1.0
+        assert all("figures" not in row for row in res.get("per_seed", []))  # arrays never reach results.json
+    # The second headline: J&F paired against random init of the training seed, per frame, with its CI.
+    paired = out["cpfs"]["paired"]
+    trained_jf = out["cpfs"]["per_seed"][0]["JF_mean"]
+    assert paired["trained_mean"] == pytest.approx(trained_jf) and paired["against"] == "random-init seed 0"
+    assert paired["random_same_seed_mean"] == pytest.approx(out["random-init"]["per_seed"][0]["JF_mean"])
+    assert paired["ci_low"] <= paired["mean"] <= paired["ci_high"] and "DAVIS J&F" in paired["verdict"]
+    (figure,) = out["cpfs"]["figure_files"].values()  # propagated masks against ground truth, one sequence
+    assert Path(figure).is_file() and Path(figure).stat().st_size > 1000
 
 
 def test_missing_checkpoint_is_named(trained, tmp_path: Path) -> None:

@@ -1,0 +1,187 @@
+"""The ``cpfs`` command line before any work: wrong paths, parameters and data sets are rejected with exit
+code 2 and one line naming the flag the user typed, no traceback, nothing created, and Prefect never
+starts; every TrainConfig field is a flag; ``cpfs evaluate --config`` keeps the file's values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from prefect.flows import Flow
+from typer.testing import CliRunner
+
+from cpfs.train_config import TrainConfig
+from flows.cli import TRAIN_OPTIONS, app, build_train_stage
+from flows.evaluate import EVAL_OPTIONS, build_eval_config
+from flows.model_options import given_values
+
+FORBIDDEN = "/proc/forbidden.zarr"  # /proc refuses new files even to root, whatever os.access says
+
+
+@pytest.fixture
+def no_prefect(monkeypatch):
+    """Fail the test if any flow is called: the checks under test must come before Prefect starts."""
+    def called(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        raise AssertionError(f"flow {self.name!r} was started: the command did not stop before Prefect")
+
+    monkeypatch.setattr(Flow, "__call__", called)
+
+
+def _cli(args: list[str], cwd: Path, monkeypatch) -> tuple[int, str]:
+    monkeypatch.chdir(cwd)
+    r = CliRunner().invoke(app, args)
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception  # a traceback is a failure of the command, not an error message
+    return r.exit_code, r.output
+
+
+def _one_error(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def _fake_checkpoint(tmp_path: Path) -> str:
+    p = tmp_path / "ck.pt"
+    p.write_bytes(b"not read: the checks under test come first")
+    return str(p)
+
+
+@pytest.mark.parametrize("command, flag", [
+    (["ingest", "--store", FORBIDDEN], "--store"),
+    (["run", "--store", FORBIDDEN], "--store"),
+    (["train", "--run-dir", "/proc/forbidden-run"], "--run-dir"),
+    (["evaluate", "--checkpoint", "CK", "--out", "/proc/forbidden-eval"], "--out"),
+])
+def test_every_command_tries_to_write_before_prefect_starts(tmp_path, monkeypatch, no_prefect, command, flag):
+    (tmp_path / "store.zarr").mkdir()  # train needs an existing store to get as far as the run folder
+    command = [_fake_checkpoint(tmp_path) if a == "CK" else a for a in command]
+    if command[0] == "train":
+        command += ["--store", str(tmp_path / "store.zarr")]
+    before = sorted(tmp_path.rglob("*"))
+    code, out = _cli(command, tmp_path, monkeypatch)
+    assert code == 2
+    line = _one_error(out)
+    assert line.startswith(f"error: {flag}: /proc/forbidden") and "not writable" in line, line
+    assert sorted(tmp_path.rglob("*")) == before  # no probe file, no store, no run folder left behind
+
+
+def test_a_file_in_the_way_is_named(tmp_path, monkeypatch, no_prefect):
+    (tmp_path / "a-file").write_text("x")
+    code, out = _cli(["ingest", "--store", str(tmp_path / "a-file" / "s.zarr")], tmp_path, monkeypatch)
+    assert code == 2 and "is a file, not a folder" in _one_error(out) and "--store" in out
+
+
+def test_ingest_of_a_missing_input_creates_nothing(tmp_path, monkeypatch, no_prefect):
+    code, out = _cli(["ingest", str(tmp_path / "nope.mp4"), "--store", str(tmp_path / "s.zarr")], tmp_path,
+                     monkeypatch)
+    assert code == 2
+    assert _one_error(out) == f"error: INPUTS: {tmp_path / 'nope.mp4'} does not exist"
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["ingest", "--size", "0"], "error: --size: short_side must be >= 16 px (got 0)"),
+    (["ingest", "--size", "8x300"], "error: --size: size must be at least 16x16 px (got 8x300)"),
+    (["ingest", "--step", "0"], "error: --step: Input should be greater than or equal to 1 (got 0)"),
+    (["train", "--checkpoint-every", "0"], "error: --checkpoint-every: Input should be greater than or equal to 1 (got 0)"),
+    (["train", "--optimizer-lr", "-1"], "error: --optimizer-lr: Input should be greater than 0 (got -1.0)"),
+    (["run", "--steps", "0"], "error: --steps: Input should be greater than or equal to 1 (got 0)"),
+    (["run", "--size", "0"], "error: --size: short_side must be >= 16 px (got 0)"),
+])
+def test_errors_name_the_flag_and_say_the_value_once(tmp_path, monkeypatch, no_prefect, command, expected):
+    (tmp_path / "store.zarr").mkdir()
+    code, out = _cli([*command, "--store", str(tmp_path / "store.zarr")], tmp_path, monkeypatch)
+    assert code == 2 and _one_error(out) == expected
+
+
+def test_a_field_from_the_config_file_is_named_as_such(tmp_path, monkeypatch, no_prefect):
+    cfg = tmp_path / "ingest.json"
+    cfg.write_text(json.dumps({"decode": {"short_side": 4}}))
+    code, out = _cli(["ingest", "--config", str(cfg)], tmp_path, monkeypatch)
+    assert code == 2 and _one_error(out) == f"error: decode.short_side (in --config {cfg}): short_side must be >= 16 px (got 4)"
+
+
+def test_every_train_config_field_is_a_flag_and_reaches_the_config(tmp_path):
+    def leaves(model, prefix=()):  # noqa: ANN001, ANN202
+        for name, info in model.model_fields.items():
+            sub = info.annotation
+            if isinstance(sub, type) and issubclass(sub, TrainConfig.__base__):
+                yield from leaves(sub, (*prefix, name))
+            else:
+                yield (*prefix, name)
+
+    assert {o.loc for o in TRAIN_OPTIONS} == set(leaves(TrainConfig)) - {("preset",)}
+    flags = {o.flag for o in TRAIN_OPTIONS}
+    assert {"--checkpoint-every", "--keep-checkpoints", "--optimizer-lr", "--schedule-warmup-steps",
+            "--augment-enabled", "--loss", "--steps", "--device"} <= flags
+    kwargs = {"checkpoint_every": 7, "optimizer_lr": 0.01, "augment_enabled": False, "sigma": "0.5",
+              "optimizer_betas": "[0.8, 0.9]", "steps": 11}
+    values, named = given_values(TRAIN_OPTIONS, kwargs)
+    stage = build_train_stage(str(tmp_path / "s.zarr"), str(tmp_path / "run"), "demo", None, None, None, values, named)
+    t = stage.train
+    assert (t.checkpoint_every, t.optimizer.lr, t.augment.enabled, t.sigma, t.optimizer.betas, t.steps) == \
+        (7, 0.01, False, 0.5, (0.8, 0.9), 11)
+    assert t.batch_size == TrainConfig.from_preset("demo").batch_size  # what was not given stays the preset's
+    values, named = given_values(TRAIN_OPTIONS, {"sigma": "median"})
+    assert build_train_stage(None, None, None, None, None, None, values, named).train.sigma == "median"
+
+
+def test_evaluate_keeps_the_config_files_store_and_out(tmp_path):
+    f = tmp_path / "eval.json"
+    f.write_text(json.dumps({"checkpoint": "runs/x", "store": {"path": "/data/s.zarr", "shard_frames": 8},
+                             "out": "/data/eval", "seeds": 2}))
+    cfg, _ = build_eval_config(None, f, *given_values(EVAL_OPTIONS, {}))
+    assert (cfg.store.path, cfg.store.shard_frames, cfg.out, cfg.seeds, cfg.checkpoint) == \
+        ("/data/s.zarr", 8, "/data/eval", 2, "runs/x")
+    cfg, _ = build_eval_config("/other.zarr", f, *given_values(EVAL_OPTIONS, {"out": "/o", "seeds": 5}))
+    assert (cfg.store.path, cfg.store.shard_frames, cfg.out, cfg.seeds) == ("/other.zarr", 8, "/o", 5)
+
+
+def _image(path: Path, value: int = 100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+def _bad_datasets(root: Path) -> dict[str, tuple[Path, str]]:
+    one = root / "one-class"
+    _image(one / "cat" / "a.png")
+    _image(one / "cat" / "b.png")
+    broken = root / "broken"
+    _image(broken / "cat" / "a.png")
+    _image(broken / "dog" / "b.png")
+    (broken / "dog" / "c.jpg").write_bytes(b"this is not a JPEG")
+    davis = root / "davis"
+    _image(davis / "JPEGImages" / "480p" / "bear" / "00000.jpg")
+    _image(davis / "JPEGImages" / "480p" / "bear" / "00001.jpg")
+    return {"one-class": (one, "only one class folder"),
+            "unreadable": (broken, f"{broken / 'dog' / 'c.jpg'}: not a readable image"),
+            "davis": (davis, f"{davis / 'Annotations' / '480p'}: DAVIS folder is missing")}
+
+
+@pytest.mark.parametrize("case, flag", [("one-class", "--imagefolder"), ("unreadable", "--imagefolder"),
+                                        ("davis", "--davis")])
+def test_evaluate_checks_its_data_sets_before_prefect_starts(tmp_path, monkeypatch, no_prefect, case, flag):
+    folder, reason = _bad_datasets(tmp_path / "data")[case]
+    code, out = _cli(["evaluate", "--checkpoint", _fake_checkpoint(tmp_path), "--out", str(tmp_path / "eval"),
+                      flag, str(folder)], tmp_path, monkeypatch)
+    assert code == 2
+    line = _one_error(out)
+    assert line.startswith(f"error: {flag}: ") and reason in line, line
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_permanent_evaluation_error_is_not_retried():
+    from prefect.states import Failed
+
+    from tasks.evaluate import PROTOCOL_TASKS, transient_failure
+
+    assert not transient_failure(Failed(data=ValueError("x.jpg: not a readable image")))
+    assert not transient_failure(Failed(data=FileNotFoundError("x: missing")))
+    assert transient_failure(Failed(data=RuntimeError("worker lost")))
+    for task in PROTOCOL_TASKS.values():
+        assert task.retries == 1 and task.retry_condition_fn is not None
