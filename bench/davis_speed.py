@@ -11,7 +11,7 @@ and J and F (which must agree).
 ``--frames 0`` and ``--sequences 0`` mean all. The defaults (1 sequence x 8 frames) take about 2 minutes on
 a shared 2-core machine, mostly the first implementation (~9 s CPU per frame at 240 px, and it holds every
 frame's 688-channel features: ~18 MB per frame), so keep ``--frames`` small with ``--impl both``.
-The first implementation is kept verbatim in ``bench/_davis_reference.py`` (commit ac4bc53's davis.py).
+The first implementation is read from git history (``cpfs/evaluation/davis.py`` at commit ac4bc53), not copied.
 
 Measured (2 cores shared with other jobs, load average 6-8; 2 sequences x 8 frames, ``--sequences 2
 --frames 8``): first implementation 285 s wall, 122 s CPU, 45 s system, 1888 MiB peak, 12.3 M minor faults;
@@ -32,6 +32,23 @@ DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis"
 ALL_SEQUENCES = ("blackswan", "car-shadow", "dog", "libby")
 
 
+REFERENCE_COMMIT = "ac4bc5323b3f38cf9708d40e0879b2175b1eadc6"  # the last commit with the first implementation
+
+
+def reference_protocol():  # noqa: ANN201
+    """``davis_protocol`` of the first implementation, loaded from git history (needs a git checkout)."""
+    import types
+
+    repo = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "show", f"{REFERENCE_COMMIT}:cpfs/evaluation/davis.py"], cwd=repo,
+                         capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType("davis_reference")
+    module.__dict__["__name__"] = "davis_reference"
+    sys.modules["davis_reference"] = module  # dataclasses look their module up by name
+    exec(compile(src, f"{REFERENCE_COMMIT[:7]}:cpfs/evaluation/davis.py", "exec"), module.__dict__)
+    return module.davis_protocol
+
+
 def child(args: argparse.Namespace) -> None:
     """Run one implementation and print one JSON line with its timings and scores."""
     import torch
@@ -41,7 +58,7 @@ def child(args: argparse.Namespace) -> None:
     from cpfs.evaluation.features import hypercolumn_features
 
     if args.impl == "old":
-        from _davis_reference import davis_protocol  # bench/ is the script's folder, hence importable
+        davis_protocol = reference_protocol()
     else:
         from cpfs.evaluation.davis import davis_protocol
 
