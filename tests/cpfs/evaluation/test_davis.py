@@ -173,7 +173,7 @@ def test_labels_to_grid_reads_the_mask_at_grid_pixels() -> None:
 
 
 # J and F of the first implementation (commit ac4bc53's cpfs/evaluation/davis.py, kept verbatim as
-# bench/_davis_reference.py), computed once with one torch thread on ../shared/data/davis, first 8 frames:
+# commit ac4bc53, loaded by bench/davis_speed.py from git history), computed once with one torch thread on ../shared/data/davis, first 8 frames:
 #   davis_protocol(FEATURES, root, ["blackswan", "car-shadow"], size=96, max_frames=8)
 # Random-init half-width hypercolumns (seed 0): the current implementation gives them bit for bit, so 1e-6.
 # Colour (Lab): its features have exact ties (equal colours), broken in another order now; J moved by 4e-4.
