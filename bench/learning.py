@@ -40,12 +40,17 @@ from cpfs.evaluation import baselines
 from cpfs.evaluation.davis import davis_protocol
 from cpfs.evaluation.features import hypercolumn_features, model_embedding_features
 from cpfs.evaluation.flow_alignment import flow_alignment
-from cpfs.evaluation.run import PairSubset, davis_paired, memoize_features, recalibrate_batchnorm
+from cpfs.evaluation.baselines import recalibrate_batchnorm
+from cpfs.evaluation.context import memoize_features
+from cpfs.evaluation.heldout import PairSubset
+from cpfs.evaluation.protocols.davis import davis_paired
 from cpfs.evaluation.stats import paired_bootstrap, per_group_bootstrap, verdict
 from cpfs.ingest import ingest_video
 from cpfs.model import CPFSModel
-from cpfs.train import _seed_everything, build_model, latest_checkpoint, load_checkpoint, read_metrics, train
-from cpfs.train_config import TrainConfig
+from cpfs.checkpoint import latest_checkpoint, load_checkpoint
+from cpfs.run_folder import RunFolder
+from cpfs.train import _seed_everything, build_model, train
+from cpfs.config import TrainConfig
 from cpfs.video import discover, sample_videos
 from storage import VideoStore
 
@@ -161,7 +166,7 @@ def main() -> None:
         m, _ = matrix(trained)
         diff = paired_bootstrap(m - base_m, groups)
         per = {ids_to_name[k]: v for k, v in per_group_bootstrap(m - base_m, groups).items()}
-        last = read_metrics(out / "run")[-1]
+        last = RunFolder(out / "run").read_metrics()[-1]
         row = {"step": step, "train_seconds": round(t_train, 1), "cpfs": float(m.mean()), "random_same_seed": float(base_m.mean()),
                "diff": diff, "per_video": per, "train_alignment_last": last.get("alignment"), "loss_last": last.get("loss")}
         curve.append(row)
@@ -189,7 +194,7 @@ def main() -> None:
         others[f"{fn.name} sigma_at_floor"] = float(np.mean(rows[0]["per_pair"]["sigma_at_floor"]))
     if args.davis:
         # DAVIS J&F on the shared evaluation sequences (never trained on), paired like the evaluation stage does
-        # (cpfs.evaluation.run.davis_paired): hypercolumns conv1..conv5, the same propagation settings.
+        # (cpfs.evaluation.protocols.davis.davis_paired): hypercolumns conv1..conv5, the same propagation settings.
         feats = lambda net, name: hypercolumn_features(net.trunk, ["conv1", "conv2", "conv3", "conv4", "conv5"],  # noqa: E731
                                                        stride=args.stride, name=name)
         t0 = time.perf_counter()

@@ -30,7 +30,7 @@ from cpfs.data import FlowPairDataset, InfiniteSampler, worker_init
 from cpfs.model import sample_points
 from cpfs.records import FrameRange, VideoMeta, VideoRecord, VideoSource
 from cpfs.train import CPFSObjective, build_model, build_optimizer, build_scheduler, points_generator, train_one_step
-from cpfs.train_config import TrainConfig
+from cpfs.config import TrainConfig
 from storage.store import VideoStore
 
 DAVIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis" / "JPEGImages" / "480p"

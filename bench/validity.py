@@ -18,7 +18,7 @@ honestly"). Not run by CI: it trains for tens of CPU minutes.
 4. Evaluation at every segment end: the evaluation library's flow-alignment protocol
    (``cpfs.evaluation.flow_alignment``: held-out pairs, ``--points`` pixels, centered and raw alignment of
    the embedding kernel with the Gaussian flow kernel), seeds 0..2 for the sampled pixels. Baselines from the
-   evaluation stage itself (``cpfs.evaluation.run.prepare`` + ``run_flow_alignment`` on the first checkpoint):
+   evaluation stage itself (``cpfs.evaluation.context.prepare`` + ``run_protocol("flow_alignment", ...)`` on the first checkpoint):
    random init (3 seeds, BatchNorm statistics recalibrated on training crops), position only, colour only
    (Lab) and the flow oracle.
 
@@ -47,15 +47,19 @@ import torch
 
 from cpfs.config import DecodeConfig, FlowConfig, IngestConfig, StoreConfig
 from cpfs.data import complete_videos, plan_split
-from cpfs.evaluation.config import EvalConfig
+from cpfs.config import EvalConfig
 from cpfs.evaluation.features import model_embedding_features
 from cpfs.evaluation.flow_alignment import flow_alignment
-from cpfs.evaluation.run import PairSubset, combine_seeds, memoize_features, prepare, run_flow_alignment
+from cpfs.evaluation.context import memoize_features, prepare
+from cpfs.evaluation.heldout import PairSubset
+from cpfs.evaluation.paired import combine_seeds
+from cpfs.evaluation.run import run_protocol
 from cpfs.ingest import ingest_video
 from cpfs.model import CPFSModel
 from cpfs.records import IngestResult
-from cpfs.train import read_metrics, train
-from cpfs.train_config import TrainConfig
+from cpfs.run_folder import RunFolder
+from cpfs.train import train
+from cpfs.config import TrainConfig
 from cpfs.video import discover, sample_videos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +111,7 @@ class EvalSettings:
 
 def model_alignment(model: CPFSModel, heldout: PairSubset, settings: EvalSettings) -> dict:
     """Flow alignment of a network's embeddings on the held-out pairs, combined over seeds exactly as the
-    evaluation stage does (``run_flow_alignment``: features memoised, ``combine_seeds``)."""
+    evaluation stage does (``run_protocol("flow_alignment", ...)``: features memoised, ``combine_seeds``)."""
     model.eval()
     fn = memoize_features(model_embedding_features(model, stride=settings.stride, name="cpfs"))
     rows = [flow_alignment(fn, heldout, heldout.video_ids, pairs_per_video=settings.pairs_per_video,  # type: ignore[arg-type]
@@ -130,7 +134,7 @@ def measure_throughput(cfg: TrainConfig, store_cfg: StoreConfig, scratch: Path, 
     if scratch.exists():
         shutil.rmtree(scratch)
     train(cfg.model_copy(update={"steps": steps, "checkpoint_every": steps}), store_cfg, scratch)
-    per_step = [cfg.batch_size / m["images_per_s"] for m in read_metrics(scratch)[3:]]
+    per_step = [cfg.batch_size / m["images_per_s"] for m in RunFolder(scratch).read_metrics()[3:]]
     shutil.rmtree(scratch)
     return float(np.median(per_step))
 
@@ -159,7 +163,7 @@ def train_and_track(cfg: TrainConfig, store_cfg: StoreConfig, run_dir: Path, eva
         if train_s > 1.25 * budget_s and step < cfg.steps:
             stopped_early = True
             break
-    metrics = read_metrics(run_dir)
+    metrics = RunFolder(run_dir).read_metrics()
     tail = metrics[-50:]
     return {"loss": cfg.loss, "steps_planned": cfg.steps, "steps_done": step, "stopped_early": stopped_early,
             "train_seconds": train_s, "curve": curve,
@@ -269,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     def baselines_from(run_dir: Path) -> None:
         ctx = prepare(eval_config(run_dir, store_cfg, settings, threads))
-        res = run_flow_alignment(ctx)
+        res = run_protocol("flow_alignment", ctx)
         baselines.update({k: v for k, v in res.items() if k != "cpfs"})
         for name, r in baselines.items():
             print(f"  baseline {name:12s} centered {_fmt(r['summary']['alignment_centered'])}  raw {_fmt(r['summary']['alignment'])}", flush=True)

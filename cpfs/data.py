@@ -30,7 +30,7 @@ from cpfs.config import StoreConfig
 from cpfs.errors import StoreError
 from cpfs.motion import MOTION_COLUMNS
 from cpfs.records import FrameRange
-from cpfs.train_config import AugmentConfig
+from cpfs.config import AugmentConfig
 from storage.fixed_point import decode_flow
 
 # With a single video, the last fifth of its frames is held out (see ``plan_split``).

@@ -19,7 +19,7 @@ from pathlib import Path
 from cpfs.config import StoreConfig
 from cpfs.distributed import barrier, init_from_env, parameters_in_sync, shutdown
 from cpfs.train import train
-from cpfs.train_config import TrainConfig
+from cpfs.config import TrainConfig
 
 
 def _json_arg(text: str, what: str) -> dict:

@@ -7,11 +7,13 @@ A video is ingested in three steps, each safe to run again after a crash:
    the store is skipped: ingesting the same file twice is a no-op.
 2. ``process_range``: decode one shard-aligned range of frames, compute the flow of every pair whose
    first frame lies in the range, and write frames and flow shard by shard. Ranges of one video write
-   disjoint shards, so they may run in parallel (on a Dask cluster). Decoding, flow and writing
-   overlap: ffmpeg decodes ahead in its own process, and while the next block's flow is computed two
-   background threads finish the previous block, one compressing and writing its frames, the other
-   computing its photometric warp errors and compressing and writing its flow (``bench/ingest.py``:
-   compression costs about as much CPU as DIS flow itself, so it must not wait behind the flow).
+   disjoint shards, so they may run in parallel (on a Dask cluster). A range is a pipeline: ffmpeg decodes
+   ahead in its own process (a later range seeks to its first frame, exactly: ``cpfs.video.seek_points``),
+   this thread computes each pair's flow as soon as its second frame arrives, and two writer threads
+   finish the previous shard block, one compressing and writing its frames, the other computing its
+   photometric warp errors and motion statistics and compressing and writing its flow
+   (``bench/ingest.py``: that work costs about as much CPU as DIS flow itself, so it must not wait behind
+   the flow). Costs outside OpenCV, ffmpeg and the codecs are per shard block, not per frame.
 3. ``finalize_video``: detect shot cuts from the stored warp errors and colour histograms, then set the
    completion marker last. Until then no reader treats the video as complete.
 
@@ -28,25 +30,28 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 import cpfs
 from cpfs.config import IngestConfig
 from cpfs.errors import CPFSError, StoreError, VideoError
 from cpfs.flow import make_backend, resolve_backend
-from cpfs.flow.cuts import detect_cuts, pair_histogram_distance
+from cpfs.flow.base import FlowBackend, PairwiseFlowBackend
+from cpfs.flow.cuts import detect_cuts, histogram_distance, hs_histogram
 from cpfs.flow.metrics import photometric_error
 from cpfs.motion import motion_statistics
 from cpfs.records import FrameRange, IngestResult, VideoRecord, VideoSource
 from cpfs.video import (
+    SeekPoint,
     content_id,
-    decode,
-    decode_range,
+    decode_stream,
     discover,
     expected_frame_count,
     output_size,
     probe,
     sample_videos,
+    seek_points,
 )
 from storage import VideoStore
 
@@ -62,6 +67,7 @@ class IngestPlan:
     backend: str  # concrete backend name (never "auto")
     backend_params: dict  # as recorded in the store
     repaired: tuple[str, ...] = ()  # damage found in the complete copy this ingest replaces (empty: none)
+    seeks: tuple[SeekPoint, ...] = ()  # where ffmpeg may seek to for ranges after the first (empty: none)
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,9 @@ def prepare_video(source: VideoSource, cfg: IngestConfig, video_id: str | None =
                          n_frames=n_frames, size_bytes=size_bytes)
     store.begin_video(record, provenance(record, cfg, backend, backend_params))
     ranges = plan_ranges(video_id, n_frames, cfg.store.shard_frames, cfg.shards_per_task)
-    return IngestPlan(record=record, ranges=ranges, backend=backend, backend_params=backend_params, repaired=repaired)
+    seeks = seek_points(source, cfg.decode, meta, [r.start for r in ranges[1:]]) if len(ranges) > 1 else {}
+    return IngestPlan(record=record, ranges=ranges, backend=backend, backend_params=backend_params, repaired=repaired,
+                      seeks=tuple(seeks[k] for k in sorted(seeks)))
 
 
 def _source_size(source: VideoSource) -> int:
@@ -278,14 +286,61 @@ def _source_size(source: VideoSource) -> int:
 
 
 def _range_frames(plan: IngestPlan, cfg: IngestConfig, start: int, stop: int) -> Iterator[np.ndarray]:
-    """Decoded frames [start, stop) of the plan's video, streamed where possible."""
-    src = plan.record.source
-    if start == 0:
-        # From the beginning, ffmpeg streams through the pipe while flow is being computed.
-        capped = cfg.decode.model_copy(update={"max_frames": stop})
-        yield from decode(src, capped, plan.record.meta)
-    else:
-        yield from decode_range(src, cfg.decode, start, stop, plan.record.meta)
+    """Decoded frames [start, stop) of the plan's video, streamed through ffmpeg's pipe (a range that
+    starts later seeks to it: ``cpfs.video.decode_stream``)."""
+    seek = next((p for p in plan.seeks if p.frame == start), None)
+    return decode_stream(plan.record.source, cfg.decode, start, stop, plan.record.meta, seek)
+
+
+class _BlockWriter:
+    """Compresses and writes the shard blocks of one range on two background threads while the caller
+    computes the next block's flow: one thread writes a block's frames, the other computes its warp errors
+    and writes its flow (both release the GIL in OpenCV, numpy and the Blosc codecs). At most one block
+    is in flight behind the one being computed, which bounds memory to two blocks whatever the range."""
+
+    def __init__(self, store: VideoStore, video_id: str) -> None:
+        self.store = store
+        self.video_id = video_id
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"zarr-write-{video_id[:8]}")
+        self._pending: list[Future] = []
+
+    def _write_flow(self, start: int, frames: np.ndarray, flow: np.ndarray) -> None:
+        # frames: the block's frames and the look-ahead frame (n_pairs + 1); the warp errors need nothing later.
+        err = np.array([photometric_error(frames[i], frames[i + 1], flow[i]) for i in range(flow.shape[0])],
+                       dtype=np.float32)
+        self.store.write_flow(self.video_id, start, flow, err)  # also the pairs' motion statistics (cpfs.motion)
+
+    def submit(self, start: int, own: np.ndarray, frames: np.ndarray, flow: np.ndarray | None) -> None:
+        """Write ``own`` (the block's frames) at ``start`` and, when given, ``flow`` of the pairs starting
+        there (``frames``: their first and second frames, one more than the pairs)."""
+        self.wait()
+        self._pending.append(self._pool.submit(self.store.write_frames, self.video_id, start, own))
+        if flow is not None:
+            self._pending.append(self._pool.submit(self._write_flow, start, frames, flow))
+
+    def wait(self) -> None:
+        """Block until every submitted write finished; re-raise the first failure."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Wait for the writes in flight and stop the threads. ``raise_errors=False`` when the range already
+        failed: its own error is the one to report, not a write's that followed from it."""
+        try:
+            self.wait()
+        except Exception:
+            if raise_errors:
+                raise
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pairwise(backend: FlowBackend) -> PairwiseFlowBackend | None:
+    """The backend when it computes one gray pair at a time (the OpenCV CPU backends): ingest then computes
+    each pair as soon as its second frame is decoded, so decoding overlaps flow. None for batched
+    backends (torch TV-L1): they get whole shard blocks, as ``compute`` batches them."""
+    return backend if isinstance(backend, PairwiseFlowBackend) else None
 
 
 def process_range(plan: IngestPlan, frame_range: FrameRange, cfg: IngestConfig,
@@ -295,6 +350,11 @@ def process_range(plan: IngestPlan, frame_range: FrameRange, cfg: IngestConfig,
     Frames land in ``frames[start:stop]``; flow of pair t->t+1 for t in [start, min(stop, T-1)) lands in
     ``flow[start:...]``. Every write covers whole shards, and the range is marked done only after all
     of its writes finished, so a crash leaves it to be redone, never half-counted.
+
+    A pipeline on three kinds of worker: ffmpeg decodes ahead in its own process (seeking to the range's
+    first frame), this thread computes the flow of each pair as soon as its second frame arrives (OpenCV
+    releases the GIL), and two writer threads compress and write the previous shard block
+    (``_BlockWriter``). ``progress`` is called once per shard block, not per frame.
     """
     t0 = time.perf_counter()
     rec = plan.record
@@ -303,67 +363,70 @@ def process_range(plan: IngestPlan, frame_range: FrameRange, cfg: IngestConfig,
     if (frame_range.start, frame_range.stop) in set(map(tuple, store.done_ranges(vid, "flow"))):
         return RangeStats(frame_range, 0, True, time.perf_counter() - t0)
     backend = make_backend(cfg.flow.model_copy(update={"backend": plan.backend}))
+    pairwise = _pairwise(backend)
     shard = cfg.store.shard_frames
     n_total = rec.n_frames
+    shape = (rec.height, rec.width, 3)
     dec_stop = min(frame_range.stop + 1, n_total)  # one frame past the range for its last pair
-
     n_pairs = 0
-    buf: list[np.ndarray] = []  # frames [block_start, ...] of the current shard block (+1 look-ahead)
-    block_start = frame_range.start
-    pending: list[Future] = []
-    decoded = 0
-    def write_flow(start: int, block: np.ndarray, flow: np.ndarray) -> None:
-        # Runs on a writer thread: the warp errors need the block's frames and flow, nothing later.
-        err = np.array([photometric_error(block[i], block[i + 1], flow[i]) for i in range(flow.shape[0])],
-                       dtype=np.float32)
-        store.write_flow(vid, start, flow, err)  # also stores the pairs' motion statistics (cpfs.motion)
+    writer = _BlockWriter(store, vid)
+    try:
+        block_start = frame_range.start
+        frames = np.empty((shard + 1, *shape), np.uint8)  # the block's frames + the look-ahead frame
+        flow = np.empty((shard, rec.height, rec.width, 2), np.float32) if pairwise is not None else None
+        n_in = 0  # frames of the current block decoded so far
+        prev_gray = None  # luma of the previous frame (pairwise backends): each frame converted once
 
-    # Two writers: a block's frames and its flow are compressed and written concurrently (both release the GIL).
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"zarr-write-{vid[:8]}") as writer:
-
-        def flush(block: np.ndarray, start: int, is_last: bool) -> None:
-            nonlocal n_pairs
-            # block holds frames [start, start+len); its frames belong to this range up to the range end.
-            n_own = min(shard, frame_range.stop - start)
-            own = block[:n_own]
-            pairs_end = min(start + n_own, n_total - 1)  # pairs t->t+1 with t in [start, pairs_end)
-            n_p = pairs_end - start
+        def flush(n_own: int, n_p: int) -> None:
+            nonlocal n_pairs, frames, flow
             if n_p > 0:
-                if block.shape[0] < n_p + 1:
+                if n_in < n_p + 1:
                     raise VideoError(rec.source.path, "truncated",
-                                     f"decoding stopped at frame {start + block.shape[0]} of {n_total}")
-                flow = backend.compute(block[: n_p + 1])  # (n_p, H, W, 2) float32
-            # Waiting on earlier writes bounds memory to two shard blocks in flight.
-            for f in pending:
-                f.result()
-            pending.clear()
-            pending.append(writer.submit(store.write_frames, vid, start, np.ascontiguousarray(own)))
-            if n_p > 0:
-                pending.append(writer.submit(write_flow, start, block, flow))
+                                     f"decoding stopped at frame {block_start + n_in} of {n_total}")
+                block_flow = flow[:n_p] if flow is not None else backend.compute(frames[: n_p + 1])
+            writer.submit(block_start, frames[:n_own], frames, block_flow if n_p > 0 else None)
             n_pairs += n_p
             if progress is not None and n_p > 0:
                 progress(n_p)
+            # The writers own these arrays now; the next block gets new ones, starting with the look-ahead.
+            look_ahead = frames[n_own] if n_in > n_own else None
+            frames = np.empty_like(frames)
+            if flow is not None:
+                flow = np.empty_like(flow)
+            if look_ahead is not None:
+                frames[0] = look_ahead
 
+        decoded = 0
         for frame in _range_frames(plan, cfg, frame_range.start, dec_stop):
-            if frame.shape != (rec.height, rec.width, 3):
+            if frame.shape != shape:
                 raise VideoError(rec.source.path, "frame size changed mid-stream",
-                                 f"got {frame.shape}, expected {(rec.height, rec.width, 3)}")
-            buf.append(frame)
+                                 f"got {frame.shape}, expected {shape}")
+            frames[n_in] = frame
+            if pairwise is not None:
+                gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)  # as rgb_to_gray
+                if prev_gray is not None:
+                    flow[n_in - 1] = pairwise.flow_gray(prev_gray, gray)
+                prev_gray = gray
+            n_in += 1
             decoded += 1
-            if len(buf) == shard + 1:  # a full shard plus the look-ahead frame
-                flush(np.stack(buf), block_start, False)
-                buf = buf[shard:]  # keep the look-ahead frame: it starts the next block
+            if n_in == shard + 1:  # a full shard plus the look-ahead frame
+                flush(shard, shard)
                 block_start += shard
+                n_in = 1
         if block_start < frame_range.stop:
-            if not buf:
+            if n_in == 0:
                 raise VideoError(rec.source.path, "truncated",
                                  f"no frames decoded from frame {block_start} of {n_total}")
-            flush(np.stack(buf), block_start, True)
+            n_own = min(shard, frame_range.stop - block_start)
+            n_p = min(block_start + n_own, n_total - 1) - block_start  # pairs t->t+1, t in the block
+            flush(min(n_own, n_in), n_p)
         if decoded < dec_stop - frame_range.start:
             raise VideoError(rec.source.path, "truncated",
                              f"decoded {frame_range.start + decoded} of {n_total} frames")
-        for f in pending:
-            f.result()
+    except BaseException:
+        writer.close(raise_errors=False)
+        raise
+    writer.close()  # every write of the range finished (or its error raised) before the range is marked done
     store.mark_done(vid, "frames", frame_range)
     store.mark_done(vid, "flow", frame_range)
     return RangeStats(frame_range, n_pairs, False, time.perf_counter() - t0)
@@ -383,14 +446,14 @@ def finalize_video(plan: IngestPlan, cfg: IngestConfig, seconds: float = 0.0) ->
     pair_error = store.read_pair_error(vid)
     hist = np.empty(rec.n_frames - 1, dtype=np.float32)
     shard = cfg.store.shard_frames
-    prev = None
+    prev = None  # histogram of the previous frame: each frame's histogram is made once
     for a in range(0, rec.n_frames, shard):
         block = store.read_frames(vid, a, min(a + shard, rec.n_frames))
-        if prev is not None:
-            hist[a - 1] = pair_histogram_distance(prev, block[0])
-        for i in range(block.shape[0] - 1):
-            hist[a + i] = pair_histogram_distance(block[i], block[i + 1])
-        prev = block[-1]
+        for i, frame in enumerate(block):
+            h = hs_histogram(frame)
+            if prev is not None:
+                hist[a + i - 1] = histogram_distance(prev, h)
+            prev = h
     cut = detect_cuts(pair_error, hist, cfg.cuts)
     clipped = store.count_clipped(vid)
     store.finalize(vid, cut, clipped, {"n_cuts": int(cut.sum()), "cut_pairs": np.flatnonzero(cut).tolist()})

@@ -14,6 +14,9 @@ Reading order:
 6. ``sample_points`` / ``read_at_points``: which pixels a training step looks at, and their flow.
 7. ``load_trunk_state``: checkpoint loading that names what does not match.
 
+Length (~480 lines, over the project's ~400): the network is read top to bottom as one unit, in the order
+above; splitting the geometry from the trunk that uses it would make the reader jump between files.
+
 Pixel convention used throughout: a point ``(x, y)`` is in input pixel units with pixel centres at integers
 (pixel ``(0, 0)`` covers ``[-0.5, 0.5]^2``); x is the column, y the row.
 """

@@ -23,6 +23,8 @@ Cheap: a 256-point sample and three percentiles per pair, computed from the flow
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 MOTION_COLUMNS: tuple[str, ...] = ("spread_px", "moving_fraction", "mag_p50", "mag_p90", "mag_p99")
@@ -44,12 +46,21 @@ def sample_grid(height: int, width: int, n: int = SAMPLE_GRID) -> tuple[np.ndarr
     return yy.ravel(), xx.ravel()
 
 
+@functools.lru_cache(maxsize=4)
+def _upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays ``(i, j)`` of the pairs i < j of n points (made once per n)."""
+    return np.triu_indices(n, k=1)
+
+
 def _median_pairwise_distance(points: np.ndarray) -> float:
-    """Median of ``||p_i - p_j||`` over the pairs i < j of ``points (n, 2)``."""
-    diff = points[:, None, :] - points[None, :, :]  # (n, n, 2)
-    d = np.sqrt((diff.astype(np.float64) ** 2).sum(-1))  # (n, n)
-    iu = np.triu_indices(points.shape[0], k=1)
-    return float(np.median(d[iu]))
+    """Median of ``||p_i - p_j||`` over the pairs i < j of ``points (n, 2)``.
+
+    Only the n(n-1)/2 pairs are computed (the median does not depend on their order): the difference in
+    the points' dtype, then squares, sum and root in float64."""
+    i, j = _upper_pairs(points.shape[0])
+    diff = (points[i] - points[j]).astype(np.float64)  # (n(n-1)/2, 2)
+    np.square(diff, out=diff)
+    return float(np.median(np.sqrt(diff[:, 0] + diff[:, 1])))
 
 
 def motion_statistics(flow: np.ndarray) -> np.ndarray:
@@ -74,8 +85,12 @@ def motion_statistics(flow: np.ndarray) -> np.ndarray:
         spread = _median_pairwise_distance(f[ys, xs])
         flat = f.reshape(-1, 2)
         med = np.median(flat, axis=0)  # dominant motion (u, v)
-        own = np.sqrt(((flat - med) ** 2).sum(-1))  # (H*W,) motion relative to the dominant one
-        mag = np.sqrt((flat ** 2).sum(-1))  # (H*W,)
+        # u^2 + v^2 written out: the same float32 sums as ``(x ** 2).sum(-1)``, without numpy's slow
+        # reduction over a length-2 axis (ingest computes this for every pair).
+        sq = np.square(flat - med)  # (H*W, 2)
+        own = np.sqrt(sq[:, 0] + sq[:, 1])  # (H*W,) motion relative to the dominant one
+        sq = np.square(flat, out=sq)
+        mag = np.sqrt(sq[:, 0] + sq[:, 1])  # (H*W,)
         p50, p90, p99 = np.percentile(mag, (50, 90, 99))
         out[i] = (spread, float((own >= MOVING_PX).mean()), p50, p90, p99)
     return out[0] if single else out

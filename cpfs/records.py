@@ -90,3 +90,17 @@ class IngestSummary:
     @property
     def skipped(self) -> tuple[IngestResult, ...]:
         return tuple(r for r in self.results if r.status == "skipped")
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What a training stage produced: the checkpoint evaluation reads, and how it was made."""
+
+    run_dir: str
+    checkpoint: str  # path of the last checkpoint
+    checkpoint_sha256: str  # content hash: the cache key of everything downstream
+    steps: int
+    loss: str
+    final_metrics: dict
+    seconds: float
+    resumed_from: int  # step the run continued from (0: a fresh start)

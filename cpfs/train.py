@@ -6,11 +6,11 @@ the embedding kernel ``K_phi`` (scaled cosine) and the flow kernel ``K_f`` (Gaus
 minimise the chosen loss between them (``cpfs.losses``).
 
 Reading order: ``build_model`` / ``CPFSObjective`` / ``build_optimizer`` / ``build_scheduler``, then
-``train_one_step``, then the checkpoint functions (``save_checkpoint`` atomic, ``load_checkpoint`` checked,
-``latest_checkpoint``), then ``train`` which wires them with the data (``cpfs.data``) and, under torchrun,
-DDP (``cpfs.distributed``).
+``train_one_step``, then ``train`` which wires them with the data (``cpfs.data``), the checkpoints
+(``cpfs.checkpoint``: atomic save, checked load) and, under torchrun, DDP (``cpfs.distributed``).
 
-Outputs in ``run_dir``: ``metrics.jsonl`` (one JSON object per logged step) and ``checkpoints/step-XXXXXXXX.pt``.
+Outputs in the run folder (``cpfs.run_folder.RunFolder`` owns the names): the metrics log (one JSON object per
+logged step) and the checkpoints.
 
 Determinism (CPU): with the same config, store and thread count, a run is bit-for-bit repeatable, and a run
 interrupted after s steps and resumed gives the same parameters and losses as an uninterrupted one, with any
@@ -23,12 +23,9 @@ GPU is exact up to that noise), and a different thread count (changes float summ
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +36,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from cpfs.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    describe_architecture,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from cpfs.config import StoreConfig
 from cpfs.data import FlowPairDataset, complete_videos, plan_split, store_version, worker_init
 from cpfs.distributed import (
@@ -50,28 +56,18 @@ from cpfs.distributed import (
     unwrap_model,
     wrap_model,
 )
-from cpfs.errors import CPFSError
 from cpfs.kernels import LearnedSigma, embedding_kernel, flow_kernel, median_pairwise_distance
 from cpfs.losses import alignment, get_loss
 from cpfs.model import AlexNetConfig, CPFSModel, CPFSModelConfig, read_at_points, sample_points
 from cpfs.records import FrameRange
-from cpfs.train_config import TrainConfig
+from cpfs.run_folder import RunFolder
+from cpfs.config import TrainConfig
 
-CHECKPOINT_FORMAT = "cpfs-train-checkpoint"
-CHECKPOINT_VERSION = 1
 # Config fields that may change when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = frozenset({"preset", "steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers",
                                "prefetch_factor", "threads", "device"})
-_CKPT_RE = re.compile(r"^step-(\d{8})\.pt$")
 # Seconds a DataLoader worker may take to deliver a batch before the run fails with an error.
 DATA_TIMEOUT_S = 600.0
-# Test hook: seconds to sleep between writing a checkpoint's temporary file and renaming it into place, so a
-# test can SIGKILL the process inside that window. Unset in normal runs.
-CHECKPOINT_DELAY_ENV = "CPFS_TEST_CHECKPOINT_DELAY_S"
-
-
-class CheckpointError(CPFSError):
-    """A checkpoint cannot be used: unreadable, another format, another architecture, or another store."""
 
 
 @dataclass(frozen=True)
@@ -94,20 +90,6 @@ def build_model(cfg: TrainConfig) -> CPFSModel:
     """The CPFS network of ``cfg``: AlexNet trunk of width ``cfg.width``, embeddings of dimension ``cfg.embed_dim``."""
     extra = {} if cfg.hypercolumn_layers is None else {"hypercolumn_layers": tuple(cfg.hypercolumn_layers)}
     return CPFSModel(CPFSModelConfig(trunk=AlexNetConfig(width=cfg.width), embed_dim=cfg.embed_dim, **extra))
-
-
-def describe_architecture(model: CPFSModel) -> dict[str, Any]:
-    """What a checkpoint's weights fit: the model config and every state-dict entry's shape."""
-    c = model.config
-    return {
-        "class": type(model).__name__,
-        "width": c.trunk.width,
-        "batch_norm": c.trunk.batch_norm,
-        "hypercolumn_layers": list(c.hypercolumn_layers),
-        "hidden": c.hidden,
-        "embed_dim": c.embed_dim,
-        "shapes": {k: list(v.shape) for k, v in model.state_dict().items()},
-    }
 
 
 class CPFSObjective(nn.Module):
@@ -248,133 +230,6 @@ def points_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return g
 
 
-# -----------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:08d}.pt"
-
-
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` atomically: ``torch.save`` to a temporary file in the same folder, fsync, ``os.replace``,
-    fsync the folder. A crash at any point leaves either the old file set or the complete new file, never a
-    truncated ``step-*.pt`` (a stray ``.step-*.pt.tmp-<pid>`` may remain; ``latest_checkpoint`` ignores it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        delay = os.environ.get(CHECKPOINT_DELAY_ENV)
-        if delay:
-            time.sleep(float(delay))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (a checkpoint's content key for caching and provenance)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint of the highest step in ``run_dir/checkpoints`` (None when there is none)."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name))]
-    return max(found)[1] if found else None
-
-
-def _prune_checkpoints(run_dir: Path, keep: int) -> None:
-    folder = run_dir / "checkpoints"
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name)))
-    for _, p in found[:-keep]:
-        p.unlink(missing_ok=True)
-    for p in folder.glob(".step-*.pt.tmp-*"):  # left by a killed writer
-        if not p.name.endswith(f"-{os.getpid()}"):
-            p.unlink(missing_ok=True)
-
-
-def _check_state(path: Path, expected: dict[str, Tensor], found: dict[str, Tensor], what: str) -> None:
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    shapes = [f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sorted(set(expected) & set(found)) if tuple(found[k].shape) != tuple(expected[k].shape)]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-        if items:
-            problems.append(f"{label}: " + ", ".join(items[:6]) + (f", ... ({len(items) - 6} more)" if len(items) > 6 else ""))
-    if problems:
-        raise CheckpointError(f"{path}: {what} does not fit this architecture; " + "; ".join(problems))
-
-
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and validate a training checkpoint's payload (CheckpointError naming the path when unusable)."""
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a CPFS training checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
-    return payload
-
-
-def load_checkpoint(
-    path: str | Path,
-    model: CPFSModel | CPFSObjective,
-    optimizer: torch.optim.Optimizer | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    map_location: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """Load a checkpoint into ``model`` (a ``CPFSModel``, or a ``CPFSObjective`` to also restore a learned sigma)
-    and, when given, the optimiser, scheduler and AMP scaler. Returns the payload (step, rng, sampler, config,
-    store_version, architecture). Raises CheckpointError naming the path and every mismatched key when the
-    checkpoint comes from another architecture."""
-    path = Path(path)
-    payload = read_checkpoint(path, map_location)
-    objective = model if isinstance(model, CPFSObjective) else None
-    net = model.model if objective is not None else model
-    _check_state(path, net.state_dict(), payload["model"], f"network (saved as {_arch_summary(payload)})")
-    if objective is not None:
-        expected = objective.learned_sigma.state_dict() if objective.learned_sigma is not None else {}
-        _check_state(path, expected, payload.get("sigma") or {}, f"sigma (saved mode {payload['config'].get('sigma')!r})")
-    net.load_state_dict(payload["model"])
-    if objective is not None and objective.learned_sigma is not None:
-        objective.learned_sigma.load_state_dict(payload["sigma"])
-    if optimizer is not None:
-        optimizer.load_state_dict(payload["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(payload["scheduler"])
-    if scaler is not None and payload.get("scaler"):
-        scaler.load_state_dict(payload["scaler"])
-    return payload
-
-
-def _arch_summary(payload: dict[str, Any]) -> str:
-    a = payload.get("architecture", {})
-    return f"{a.get('class')}(width={a.get('width')}, embed_dim={a.get('embed_dim')}, hidden={a.get('hidden')})"
-
-
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
@@ -420,12 +275,6 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     path.write_text("".join(k + "\n" for k in kept))
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
-    """The metrics logged in ``run_dir/metrics.jsonl``, one dict per logged step."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _amp_dtype(cfg: TrainConfig, device: str) -> torch.dtype | None:
@@ -478,7 +327,8 @@ def train(
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=amp_dtype == torch.float16)
 
     step = 0
-    ckpt = latest_checkpoint(run_dir)
+    run = RunFolder(run_dir)
+    ckpt = run.latest_checkpoint()
     if ckpt is not None and not resume:
         raise CheckpointError(f"{run_dir}: holds checkpoints (latest {ckpt.name}); pass resume=True or use a new run_dir")
     if resume and ckpt is not None:
@@ -495,7 +345,7 @@ def train(
                 f"(checkpoint: {', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); start a new run_dir")
         step = int(payload["step"])
         _set_rng_state(payload["rng"])
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run.metrics
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, step)
@@ -557,8 +407,8 @@ def train(
                         "architecture": describe_architecture(objective.model),
                         "world_size": dist.world_size,
                     }
-                    written = save_checkpoint(checkpoint_path(run_dir, step), payload)
-                    _prune_checkpoints(run_dir, cfg.keep_checkpoints)
+                    written = save_checkpoint(run.checkpoint(step), payload)
+                    prune_checkpoints(run_dir, cfg.keep_checkpoints)
                 t_prev = time.perf_counter()
     finally:
         del batches  # shuts the worker processes down

@@ -9,6 +9,9 @@ A *source* is a video file ffmpeg can read or a folder of numbered image frames 
 - ``decode`` streams ``rawvideo``/``rgb24`` frames through a pipe; frame selection (``select``), scaling
   (``scale``) and the frame cap (``-frames:v``) are ffmpeg's work, not Python's. Memory is bounded by a
   small queue of frames whatever the video's length, and ffmpeg never outlives the generator.
+- ``decode_stream`` streams a range of those frames; in an mp4/mov whose frames each have a timestamp it
+  seeks to a key frame before the range and cuts at the first frame's timestamp (``seek_points``), so a
+  range late in a long video does not decode everything before it. The frames are those of ``decode``.
 
 Failures are ``VideoError(path, reason, detail)`` with a short reason ("missing", "empty file",
 "not a video", "unsupported codec", "truncated", "ffmpeg timed out", "ffmpeg failed") and ffmpeg's own
@@ -528,13 +531,23 @@ def _frames_input(source: VideoSource, tmpdir: list[str]) -> ffmpeg.nodes.Filter
 
 
 def _command(source: VideoSource, cfg: DecodeConfig, meta: VideoMeta, select: str | None,
-             n_max: int | None, tmpdir: list[str]) -> list[str]:
-    """The ffmpeg command line: input -> [select] -> [scale] -> rawvideo rgb24 on stdout."""
+             n_max: int | None, tmpdir: list[str], seek: SeekPoint | None = None) -> list[str]:
+    """The ffmpeg command line: input [-ss] -> [select] -> [scale] -> rawvideo rgb24 on stdout.
+
+    With ``seek`` (see ``seek_points``): ``-copyts`` keeps the file's own timestamps, ``-ss`` (when given,
+    without ``-accurate_seek``'s trimming) jumps to a key frame at or before the wanted frame, and
+    ``select=gte(t, t_lo)`` cuts exactly at the wanted frame; ``select`` then picks every step-th frame
+    from there."""
     if source.kind == "frames":
         stream = _frames_input(source, tmpdir)
     else:
-        stream = ffmpeg.input(source.path, **_input_options(source.path))
+        opts = dict(_input_options(source.path))
+        if seek is not None and seek.seek_s is not None:
+            opts.update(ss=repr(seek.seek_s), accurate_seek=None)
+        stream = ffmpeg.input(source.path, **opts)
     v = stream["v:0"]
+    if seek is not None:
+        v = v.filter("select", f"gte(t,{seek.t_lo!r})")
     if select is not None:
         v = v.filter("select", select)
     w, h = output_size(meta, cfg)
@@ -547,8 +560,11 @@ def _command(source: VideoSource, cfg: DecodeConfig, meta: VideoMeta, select: st
     if n_max is not None:
         out_kw["frames:v"] = n_max
     args = v.output("pipe:", **out_kw).compile(cmd=_ffmpeg_exe())
+    if seek is not None and seek.seek_s is not None:  # ffmpeg-python spells a flag "-accurate_seek"; we want it off
+        args = ["-noaccurate_seek" if a == "-accurate_seek" else a for a in args]
+    extra = ["-copyts"] if seek is not None else []
     # global options first (ffmpeg-python appends them after the output, where ffmpeg may ignore them)
-    return [args[0], "-hide_banner", "-nostdin", "-nostats", "-loglevel", "warning", *args[1:]]
+    return [args[0], "-hide_banner", "-nostdin", "-nostats", "-loglevel", "warning", *extra, *args[1:]]
 
 
 def _read_exact(fh, n: int) -> tuple[np.ndarray, int]:  # noqa: ANN001
@@ -565,7 +581,7 @@ def _read_exact(fh, n: int) -> tuple[np.ndarray, int]:  # noqa: ANN001
 
 
 def _run(source: VideoSource, cfg: DecodeConfig, meta: VideoMeta, select: str | None, n_max: int | None,
-         n_expected: int | None) -> Iterator[np.ndarray]:
+         n_expected: int | None, seek: SeekPoint | None = None) -> Iterator[np.ndarray]:
     """Run ffmpeg and yield (H, W, 3) uint8 frames; raise VideoError on any failure (see ``decode``)."""
     path = source.path
     w, h = output_size(meta, cfg)
@@ -629,7 +645,7 @@ def _run(source: VideoSource, cfg: DecodeConfig, meta: VideoMeta, select: str | 
         return VideoError(path, "ffmpeg failed", f"exit status {rc}: {tail_text}")
 
     try:
-        cmd = _command(source, cfg, meta, select, n_max, tmpdir)
+        cmd = _command(source, cfg, meta, select, n_max, tmpdir, seek)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         threads = [threading.Thread(target=read_frames, daemon=True, name="cpfs-ffmpeg-stdout"),
                    threading.Thread(target=drain_stderr, daemon=True, name="cpfs-ffmpeg-stderr")]
@@ -727,3 +743,128 @@ def decode_range(source: VideoSource, cfg: DecodeConfig, start: int, stop: int,
     for n, frame in enumerate(_run(source, cfg, meta, select, stop - start, stop - start if total is not None else None), 1):
         out[n - 1] = frame
     return out[:n]
+
+
+# ------------------------------------------------------------------------------------------- seeking
+
+# A seek lands on a key frame at least this far before the wanted frame (seconds, and frame durations):
+# covers the gap between a key frame's decode and presentation times and the file's start offset.
+_SEEK_MARGIN_S = 1.0
+_SEEK_MARGIN_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class SeekPoint:
+    """How to start decoding at frame ``frame`` of ``decode(source, cfg)`` without decoding what precedes.
+
+    ``t_lo`` is halfway between the presentation times (the file's own, ``-copyts``) of the source frame
+    wanted and of the one before it, so ``select=gte(t, t_lo)`` keeps exactly the wanted frame and what
+    follows; ``seek_s`` (None: no seek, the frame is near the start) is an input ``-ss`` that lands on a
+    key frame before it."""
+
+    frame: int
+    seek_s: float | None
+    t_lo: float
+
+
+def _frame_times(source: VideoSource, timeout_s: float) -> tuple[np.ndarray, float] | None:
+    """Presentation times (s, the file's own timestamps) of every video frame in presentation order, and
+    the file's start time, from a stream copy to ``framecrc`` with ``-copyts`` (no decoding). None when
+    they cannot place frames exactly: an empty packet (a repeated frame), a packet without a timestamp,
+    two frames at one time, or no start time in the header."""
+    opts = [x for k, v in _input_options(source.path).items() for x in (f"-{k}", str(v))]
+    cmd = [_ffmpeg_exe(), "-hide_banner", "-nostdin", *opts, "-copyts", "-i", source.path, "-map", "0:v:0",
+           "-c", "copy", "-f", "framecrc", "-"]
+    try:
+        res = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    if res.returncode != 0:
+        return None
+    start = re.search(r"Duration: [^,]*, start: (-?[\d.]+)", res.stderr.decode("utf-8", "replace"))
+    if start is None:
+        return None
+    tb = None
+    pts: list[int] = []
+    for ln in res.stdout.decode("ascii", "replace").splitlines():
+        if ln.startswith("#"):
+            if m := re.match(r"#tb 0: (\d+)/(\d+)", ln):
+                tb = int(m.group(1)) / int(m.group(2))
+            continue
+        fields = ln.split(",")
+        if len(fields) < 5 or fields[0].strip() != "0":
+            continue
+        p, size = int(fields[2]), int(fields[4])
+        if size <= 0 or p == _NOPTS:
+            return None
+        pts.append(p)
+    if tb is None or not pts:
+        return None
+    ordered = np.sort(np.asarray(pts, dtype=np.int64))
+    if np.any(np.diff(ordered) <= 0):
+        return None
+    return ordered * tb, float(start.group(1))
+
+
+def seek_points(source: VideoSource, cfg: DecodeConfig, meta: VideoMeta, frames: Sequence[int]) -> dict[int, SeekPoint]:
+    """Seek points of frames of ``decode(source, cfg)`` (frame k is source frame ``k * cfg.step``), for
+    ``decode_stream``. Empty (decode from the start instead, always exact) unless the source is an
+    ISO-BMFF file (mp4, mov: its sample table gives exact key frames to seek to) whose frames each have
+    their own timestamp (``_frame_times``) and whose count matches the probe's."""
+    wanted = sorted({k for k in frames if k > 0})
+    if not wanted or source.kind != "file" or not _input_options(source.path):
+        return {}
+    found = _frame_times(source, cfg.timeout_s)
+    if found is None:
+        return {}
+    times, start = found
+    if meta.n_frames is None or len(times) != meta.n_frames:
+        return {}
+    gap = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+    margin = max(_SEEK_MARGIN_S, _SEEK_MARGIN_FRAMES * gap)
+    out = {}
+    for k in wanted:
+        m = k * cfg.step
+        if m >= len(times):
+            continue
+        t_lo = float((times[m - 1] + times[m]) / 2)
+        seek_s = t_lo - start - margin
+        out[k] = SeekPoint(frame=k, seek_s=round(seek_s, 6) if seek_s > 0 else None, t_lo=t_lo)
+    return out
+
+
+def decode_stream(source: VideoSource, cfg: DecodeConfig, start: int, stop: int, meta: VideoMeta | None = None,
+                  seek: SeekPoint | None = None) -> Iterator[np.ndarray]:
+    """Frames [start, stop) of ``decode(source, cfg)``, streamed like ``decode`` (a few frames in memory).
+
+    From frame 0 this is ``decode`` capped at ``stop``. From a later frame: with its ``seek`` point
+    (``seek_points``), ffmpeg jumps to a key frame before it and cuts at its timestamp; without one,
+    ffmpeg decodes from the start and selects the range (``decode_range``'s filter), always exact.
+    Like a slice, a range reaching past the end gives the frames that exist; fewer frames than that
+    raise VideoError "truncated".
+    """
+    if not 0 <= start < stop:
+        raise ValueError(f"decode_stream needs 0 <= start < stop, got [{start}, {stop}) for {source.path}")
+    if meta is None:
+        meta = probe(source, timeout_s=cfg.timeout_s)
+    if source.kind == "file":
+        _check_file(source.path)
+    if cfg.max_frames is not None:
+        stop = min(stop, cfg.max_frames)
+    total = expected_frame_count(meta, cfg)
+    if total is not None:
+        stop = min(stop, total)
+    if start >= stop:
+        return iter(())
+    if start == 0:
+        return _run(source, cfg, meta, f"not(mod(n,{cfg.step}))" if cfg.step > 1 else None, stop,
+                    stop if total is not None else None)
+    n = stop - start
+    expected = n if total is not None else None
+    if seek is not None:
+        if seek.frame != start:
+            raise ValueError(f"decode_stream: seek point of frame {seek.frame} given for a range starting at {start}")
+        return _run(source, cfg, meta, f"not(mod(n,{cfg.step}))" if cfg.step > 1 else None, n, expected, seek)
+    s = cfg.step
+    return _run(source, cfg, meta, f"not(mod(n,{s}))*gte(n,{start * s})*lt(n,{stop * s})", n, expected)

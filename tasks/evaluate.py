@@ -1,11 +1,13 @@
 """Thin Prefect tasks of the evaluation stage: each calls one library function of ``cpfs.evaluation.run``.
 
-One task per protocol (each runs that protocol on every source: the checkpoint(s), the random-init networks
-and the baselines) and returns a small dict of numbers. Protocol tasks are cached by their inputs
-(``TASK_SOURCE + INPUTS``): the configuration, the checkpoints' SHA-256 and the store's index version, all small typed
-values, never arrays. The hashes are arguments, unused by the body, precisely so that they enter the cache
-key: a retrained checkpoint at the same path, or a re-ingested store, is a cache miss. The configuration
-includes ``out``, so evaluating into another folder recomputes.
+``check_inputs`` builds the evaluation's context once (``cpfs.evaluation.context.prepare``: each checkpoint
+read and hashed once); one task per protocol runs that protocol on every source of it (the checkpoint(s), the
+random-init networks and the baselines) and returns a small dict of numbers. Protocol tasks are cached by
+their inputs except the context (``TASK_SOURCE + INPUTS - "ctx"``): the configuration, the checkpoints'
+SHA-256 and the store's index version, all small typed values, never arrays. The hashes are arguments, unused
+by the body, precisely so that they enter the cache key: a retrained checkpoint at the same path, or a
+re-ingested store, is a cache miss. The configuration includes ``out``, so evaluating into another folder
+recomputes.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from cpfs.evaluation import run as lib
-from cpfs.evaluation.config import EvalConfig
+from cpfs.evaluation.context import EvalContext, prepare
+from cpfs.config import EvalConfig
 
 # Protocol results are pure functions of (config, checkpoint bytes, store content): cache and persist them.
 # TASK_SOURCE is part of the key because every protocol task takes the same inputs: INPUTS alone would let
-# one protocol's cached result answer for another.
-_cached = dict(cache_policy=TASK_SOURCE + INPUTS, persist_result=True, retries=1, retry_delay_seconds=2,
+# one protocol's cached result answer for another. The context (loaded networks, the store) is not part of the
+# key: it is what config + hashes describe, built once per flow run by ``check_inputs``.
+_cached = dict(cache_policy=TASK_SOURCE + INPUTS - "ctx", persist_result=True, retries=1, retry_delay_seconds=2,
                retry_condition_fn=lambda task, run, state: transient_failure(state))
 
 
@@ -38,35 +42,36 @@ def transient_failure(state) -> bool:  # noqa: ANN001 - a Prefect State
     return False
 
 
-@task(name="check-inputs", cache_policy=NO_CACHE)
-def check_inputs(config: EvalConfig) -> lib.EvalInputs:
-    """Load the checkpoints and the store, recover the held-out split: fails early with errors naming paths."""
-    return lib.prepare(config).inputs()
+@task(name="check-inputs", cache_policy=NO_CACHE, persist_result=False)
+def check_inputs(config: EvalConfig) -> EvalContext:
+    """Load the checkpoints and the store, recover the held-out split: the evaluation's one context (every
+    protocol task runs on it), or an early error naming the path."""
+    return prepare(config)
 
 
 @task(name="flow-alignment", **_cached)
-def flow_alignment(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str) -> dict:
-    return lib.run_protocol("flow_alignment", config)
+def flow_alignment(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str, ctx: EvalContext) -> dict:
+    return lib.run_protocol("flow_alignment", ctx)
 
 
 @task(name="motion-segmentation", **_cached)
-def motion_segmentation(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str) -> dict:
-    return lib.run_protocol("motion_segmentation", config)
+def motion_segmentation(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str, ctx: EvalContext) -> dict:
+    return lib.run_protocol("motion_segmentation", ctx)
 
 
 @task(name="linear-probe", **_cached)
-def linear_probe(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str) -> dict:
-    return lib.run_protocol("linear_probe", config)
+def linear_probe(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str, ctx: EvalContext) -> dict:
+    return lib.run_protocol("linear_probe", ctx)
 
 
 @task(name="voc-segmentation", **_cached)
-def segmentation(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str) -> dict:
-    return lib.run_protocol("segmentation", config)
+def segmentation(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str, ctx: EvalContext) -> dict:
+    return lib.run_protocol("segmentation", ctx)
 
 
 @task(name="davis", **_cached)
-def davis(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str) -> dict:
-    return lib.run_protocol("davis", config)
+def davis(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str, ctx: EvalContext) -> dict:
+    return lib.run_protocol("davis", ctx)
 
 
 PROTOCOL_TASKS = {
@@ -79,6 +84,6 @@ PROTOCOL_TASKS = {
 
 
 @task(name="write-report", cache_policy=NO_CACHE)
-def write_report(config: EvalConfig, protocols: dict, seconds: float) -> lib.EvalSummary:
+def write_report(ctx: EvalContext, protocols: dict, seconds: float) -> lib.EvalSummary:
     """Figures, results.json, report.md and report.html in ``config.out``; returns the summary."""
-    return lib.summarize(lib.write_evaluation_report(config, protocols, seconds))
+    return lib.summarize(lib.write_evaluation_report(ctx, protocols, seconds))

@@ -13,4 +13,9 @@ Every protocol is a pure function that returns a plain dict of numbers, with a `
 Feature sources share one interface (``cpfs.evaluation.features.FeatureFn``) so every dense protocol runs
 identically on a CPFS checkpoint, a random-init network and the trivial baselines of ``baselines``.
 This package never imports Prefect; reporting (``report``) is a separate module.
+
+The stage around them: ``context`` (the one ``EvalContext`` of an evaluation: checkpoints, held-out pairs of
+``heldout``, random-init networks, a feature memo), ``sources`` (the rows: trained, random init, baseline),
+``paired`` (rows over seeds, the paired comparison against random init), ``protocols/`` (one runner per
+protocol: ``run(ctx)`` and its ``HEADLINE``) and ``run`` (``evaluate``, ``run_protocol``, the report).
 """

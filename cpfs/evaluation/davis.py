@@ -33,6 +33,10 @@ Scores, as the DAVIS benchmark (Perazzi et al. 2016; davis2017-evaluation):
 Per sequence, J and F are averaged over objects and over frames 1..T-1 (the given first frame is not
 scored; departure: the official evaluation also drops the last frame, which matters little and would
 waste one of the few frames of a short test). The data-set score is the mean over sequences.
+
+Length (about 600 lines, over the project's ~400): one protocol's science read top to bottom, the rule, its
+tiled evaluation and the two DAVIS scores, which the tests check against each other and the reference values;
+the runner over sources is ``cpfs.evaluation.protocols.davis``.
 """
 
 from __future__ import annotations

@@ -29,10 +29,9 @@ import torch
 from torch import Tensor
 
 from cpfs.evaluation.features import FeatureFn, features_at
-from cpfs.evaluation.pairs import load_pair, select_pairs
+from cpfs.evaluation.pairs import PairStore, load_pair, select_pairs
 from cpfs.kernels import MIN_SIGMA_PX, embedding_kernel, flow_kernel, median_pairwise_distance, pairwise_sq_distances
 from cpfs.losses import alignment, cross_entropy
-from storage import VideoStore
 
 
 def gaussian_feature_kernel(x: Tensor, floor: float = 0.01) -> Tensor:
@@ -93,7 +92,7 @@ def pair_scores(feature_fn: FeatureFn, image: Tensor, flow: Tensor, points: int,
 
 def flow_alignment(
     feature_fn: FeatureFn,
-    store: VideoStore,
+    store: PairStore,
     video_ids: Sequence[str],
     *,
     pairs_per_video: int = 8,

@@ -27,9 +27,8 @@ import torch
 
 from cpfs.evaluation.features import FeatureFn, features_at, upsample_features
 from cpfs.evaluation.linear import LinearClassifier, fit_linear_classifier
-from cpfs.evaluation.pairs import FramePair, load_pair, select_pairs
+from cpfs.evaluation.pairs import FramePair, PairStore, load_pair, select_pairs
 from cpfs.evaluation.segmentation import confusion_matrix, mean_iou
-from storage import VideoStore
 
 
 def motion_labels(flow: np.ndarray, threshold: float = 1.0) -> np.ndarray:
@@ -43,7 +42,7 @@ def motion_labels(flow: np.ndarray, threshold: float = 1.0) -> np.ndarray:
     return (np.linalg.norm(flow - dominant, axis=-1) >= threshold).astype(np.int64)
 
 
-def _split_pairs(store: VideoStore, train_videos: Sequence[str], test_videos: Sequence[str], n: int) -> tuple[list, list]:
+def _split_pairs(store: PairStore, train_videos: Sequence[str], test_videos: Sequence[str], n: int) -> tuple[list, list]:
     train, test = [], []
     for vid in dict.fromkeys([*train_videos, *test_videos]):
         idx = select_pairs(store, vid, n)
@@ -85,7 +84,7 @@ def _fit(train: list, stride: int, pixels_per_image: int, seed: int, weight_deca
     return fit_linear_classifier(torch.cat(xs), torch.cat(ys), 2, weight_decay=weight_decay, max_iter=max_iter)
 
 
-def _prepare(feature_fn: FeatureFn, store: VideoStore, vid: str, t: int, threshold: float) -> tuple[FramePair, torch.Tensor, np.ndarray]:
+def _prepare(feature_fn: FeatureFn, store: PairStore, vid: str, t: int, threshold: float) -> tuple[FramePair, torch.Tensor, np.ndarray]:
     pair = load_pair(store, vid, t)
     labels = motion_labels(pair.flow[0].permute(1, 2, 0).numpy(), threshold)
     return pair, feature_fn(pair.image, pair.flow).float(), labels
@@ -94,7 +93,7 @@ def _prepare(feature_fn: FeatureFn, store: VideoStore, vid: str, t: int, thresho
 @torch.no_grad()
 def fit_motion_classifier(
     feature_fn: FeatureFn,
-    store: VideoStore,
+    store: PairStore,
     videos: Sequence[str],
     *,
     pairs_per_video: int = 8,
@@ -114,7 +113,7 @@ def fit_motion_classifier(
 @torch.no_grad()
 def motion_segmentation_probe(
     feature_fn: FeatureFn,
-    store: VideoStore,
+    store: PairStore,
     train_videos: Sequence[str],
     test_videos: Sequence[str],
     *,

@@ -9,13 +9,26 @@ are never used. ``select_pairs`` picks ``n`` of the remaining pairs evenly space
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from cpfs.errors import StoreError
-from storage import VideoStore
+
+
+class PairStore(Protocol):
+    """What the video protocols read pairs from: a ``storage.VideoStore``, or a view of one that hides some
+    pairs (``cpfs.evaluation.heldout.PairSubset``)."""
+
+    path: Any  # shown in error messages
+
+    def read_cut(self, video_id: str) -> np.ndarray: ...  # (T - 1,) bool: pair t unusable
+
+    def read_frames(self, video_id: str, start: int, stop: int) -> np.ndarray: ...  # (n, H, W, 3) uint8
+
+    def read_flow(self, video_id: str, start: int, stop: int) -> np.ndarray: ...  # (n, H, W, 2) float32 px
 
 
 @dataclass(frozen=True)
@@ -28,7 +41,7 @@ class FramePair:
     flow: Tensor  # (1, 2, H, W) float32, px
 
 
-def select_pairs(store: VideoStore, video_id: str, n: int) -> list[int]:
+def select_pairs(store: PairStore, video_id: str, n: int) -> list[int]:
     """Up to ``n`` pair indices of ``video_id`` that are not shot cuts, evenly spaced; StoreError if none."""
     if n < 1:
         raise ValueError(f"number of pairs must be >= 1, got {n}")
@@ -42,7 +55,7 @@ def select_pairs(store: VideoStore, video_id: str, n: int) -> list[int]:
     return usable[np.unique(pick)].tolist()
 
 
-def load_pair(store: VideoStore, video_id: str, index: int) -> FramePair:
+def load_pair(store: PairStore, video_id: str, index: int) -> FramePair:
     """Frame ``index`` and the flow of pair ``index`` of ``video_id``."""
     frame = store.read_frames(video_id, index, index + 1)  # (1, H, W, 3) uint8
     flow = store.read_flow(video_id, index, index + 1)  # (1, H, W, 2) float32 px

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from cpfs.evaluation.plots import bar_chart, line_chart
+from cpfs.run_folder import EvalFolder, read_metrics_file
 
 PROTOCOL_TITLES: dict[str, str] = {
     "linear_probe": "Linear probe (top-1 accuracy per layer)",
@@ -129,25 +130,6 @@ def paired_markdown_table(protocols: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file (blank lines skipped); ValueError naming the line when malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: training metrics file is missing")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(rec).__name__}")
-        records.append(rec)
-    return records
-
-
 def loss_curve(records: list[dict[str, Any]]) -> np.ndarray | None:
     """Line chart of every numeric key containing "loss" against "step" (or the record number); None if none."""
     keys: list[str] = []
@@ -229,13 +211,14 @@ def write_report(
     Raises ValueError for a results dict without the documented shape or a malformed figure.
     """
     protocols = _check_results(results)
-    out = Path(out_dir)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    folder = EvalFolder(out_dir)
+    out = folder.path
+    folder.figures.mkdir(parents=True, exist_ok=True)
 
     generated: dict[str, tuple[str, np.ndarray]] = {}
     metrics_summary = None
     if metrics_path is not None:
-        records = read_metrics(metrics_path)
+        records = read_metrics_file(metrics_path)
         curve = loss_curve(records)
         if curve is not None:
             generated["loss_curve"] = ("Training loss", curve)
@@ -249,7 +232,7 @@ def write_report(
     fig_png: dict[str, bytes] = {}
     for name, (_, img) in all_figs.items():
         data = _png_bytes(img, name)
-        path = out / "figures" / f"{_safe_name(name)}.png"
+        path = folder.figures / f"{_safe_name(name)}.png"
         path.write_bytes(data)
         fig_paths[name], fig_png[name] = path, data
 
@@ -259,7 +242,7 @@ def write_report(
         "figures": {name: str(p.relative_to(out)) for name, p in fig_paths.items()},
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    results_json = out / "results.json"
+    results_json = folder.results_json
     results_json.write_text(json.dumps(doc, indent=2, default=_json_default, allow_nan=True) + "\n")
 
     meta = results.get("meta") or {}
@@ -275,7 +258,7 @@ def write_report(
         md += [f"### {caption}\n\n![{name}](figures/{fig_paths[name].name})\n" for name, (caption, _) in all_figs.items()]
     if meta:  # the full provenance last: results first for the reader
         md.append("## Run\n\n```json\n" + meta_json + "\n```\n")
-    report_md = out / "report.md"
+    report_md = folder.report_md
     report_md.write_text("\n".join(md))
 
     esc = html.escape
@@ -307,6 +290,6 @@ def write_report(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
-    report_html = out / "report.html"
+    report_html = folder.report_html
     report_html.write_text(page, encoding="utf-8")
     return ReportPaths(results_json, report_md, report_html, fig_paths)

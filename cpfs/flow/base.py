@@ -104,6 +104,11 @@ class PairwiseFlowBackend(ABC):
         gray = rgb_to_gray(frames)  # (N, H, W): each frame converted once, used in two pairs
         return np.stack([self._flow_gray(gray[t], gray[t + 1]) for t in range(len(gray) - 1)])
 
+    def flow_gray(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 gray frames t and t+1 (``rgb_to_gray``) -> (H, W, 2) float32 flow t -> t+1, px.
+        One pair, unchecked: what ingest calls as each frame is decoded (``compute`` gives the same flow)."""
+        return self._flow_gray(a, b)
+
     def compute_pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 frames a and b -> (N, H, W, 2) float32 flow a[i] -> b[i], px."""
         a, b = check_pairs(a, b, self.name)

@@ -48,8 +48,20 @@ def pair_histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
     for name, f in (("a", a), ("b", b)):
         if f.ndim != 3 or f.shape[-1] != 3 or f.dtype != np.uint8:
             raise ValueError(f"pair_histogram_distance: {name} must be (H, W, 3) uint8 RGB, got {f.shape} {f.dtype}")
-    d = cv2.compareHist(_hs_histogram(a), _hs_histogram(b), cv2.HISTCMP_BHATTACHARYYA)
-    return float(np.clip(d, 0.0, 1.0))
+    return histogram_distance(_hs_histogram(a), _hs_histogram(b))
+
+
+def hs_histogram(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (30, 32) float32 hue-saturation histogram summing to 1 (for a video's frames
+    in turn: each frame's histogram is then made once, and ``histogram_distance`` compares neighbours)."""
+    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"hs_histogram: frame must be (H, W, 3) uint8 RGB, got {frame.shape} {frame.dtype}")
+    return _hs_histogram(frame)
+
+
+def histogram_distance(ha: np.ndarray, hb: np.ndarray) -> float:
+    """Bhattacharyya distance in [0, 1] of two ``hs_histogram``s (``pair_histogram_distance`` of their frames)."""
+    return float(np.clip(cv2.compareHist(ha, hb, cv2.HISTCMP_BHATTACHARYYA), 0.0, 1.0))
 
 
 def histogram_distances(frames: np.ndarray) -> np.ndarray:

@@ -43,6 +43,10 @@ Known departures from OpenCV's CPU implementation (small effects on the result, 
 
 Shapes: images (B, 1, H, W) float32 gray values in [0, 255]; flow (B, 2, H, W), channel 0 = u = x (columns),
 channel 1 = v = y (rows), in pixels, such that I0(p) ~ I1(p + flow(p)).
+
+Length (~580 lines, over the project's ~400): one numerical scheme in ~25 small functions that follow
+OpenCV's tvl1flow.cpp in its order, each tested bit for bit against it; splitting it would separate the
+steps of one iteration that a reader checks side by side with the reference.
 """
 
 from __future__ import annotations

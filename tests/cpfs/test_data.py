@@ -26,7 +26,7 @@ from cpfs.data import (
 )
 from cpfs.errors import StoreError
 from cpfs.records import FrameRange, VideoMeta, VideoRecord, VideoSource
-from cpfs.train_config import AugmentConfig
+from cpfs.config import AugmentConfig
 from storage.store import VideoStore
 
 H, W, T = 64, 80, 12

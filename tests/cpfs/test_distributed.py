@@ -15,8 +15,10 @@ import torch
 import torch.multiprocessing as mp
 
 from cpfs.distributed import DistContext, init_from_env, make_sampler, mean_across_ranks, parameters_in_sync, shutdown
-from cpfs.train import latest_checkpoint, read_metrics, train
-from cpfs.train_config import TrainConfig
+from cpfs.checkpoint import latest_checkpoint
+from cpfs.run_folder import RunFolder
+from cpfs.train import train
+from cpfs.config import TrainConfig
 from tests.cpfs.test_data import make_store
 
 WORLD = 2
@@ -69,7 +71,7 @@ def test_two_gloo_ranks_stay_identical_and_only_rank0_writes(tmp_path: Path) -> 
     assert r0["steps"] == r1["steps"] == 3
     # rank 0 wrote checkpoints (steps 2 and 3) and the metrics; rank 1 wrote nothing at all
     assert latest_checkpoint(tmp_path / "run0").name == "step-00000003.pt" and r0["checkpoint"] is not None
-    assert [m["step"] for m in read_metrics(tmp_path / "run0")] == [1, 2, 3]
+    assert [m["step"] for m in RunFolder(tmp_path / "run0").read_metrics()] == [1, 2, 3]
     assert not (tmp_path / "run1").exists() and r1["checkpoint"] is None
     # the checkpoint holds rank 0's (= every rank's) parameters
     ck = torch.load(latest_checkpoint(tmp_path / "run0"), weights_only=True)
@@ -144,4 +146,4 @@ def test_torchrun_launches_the_entry_point(tmp_path: Path) -> None:
     assert len(lines) == 1, proc.stdout  # only rank 0 reports
     assert lines[0]["world_size"] == 2 and lines[0]["steps"] == 2
     assert latest_checkpoint(tmp_path / "run").name == "step-00000002.pt"
-    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1, 2]
+    assert [m["step"] for m in RunFolder(tmp_path / "run").read_metrics()] == [1, 2]

@@ -62,6 +62,31 @@ def test_ingest_stores_frames_and_flow_equal_to_direct_computation(tmp_path, cli
     assert attrs["source"]["path"] == str(clip)
 
 
+def test_later_ranges_seek_and_store_what_one_pass_computes(tmp_path, sample_videos):
+    """Ranges after the first seek (a 4 s clip, 8-frame ranges: the later ones start past the 1 s margin)
+    and run as pipelines; the store equals one pass over the whole decoded video, and the warp errors and
+    motion statistics equal those of the stored flow's source computed directly."""
+    from cpfs.flow.metrics import photometric_error
+    from cpfs.motion import motion_statistics
+
+    bikes = next(p for p in sample_videos if p.name == "bikes.mp4")
+    long_clip = cut_clip(bikes, tmp_path / "bikes100.mp4", 100)
+    cfg = _cfg(tmp_path / "s.zarr", shards_per_task=2)
+    src = VideoSource(str(long_clip), "file")
+    plan = prepare_video(src, cfg)
+    assert len(plan.ranges) == 13 and sum(p.seek_s is not None for p in plan.seeks) >= 8
+    res = ingest_video(src, cfg)
+    assert res.status == "stored", res.error
+    store = VideoStore.open(cfg.store, create=False)
+    frames = np.stack(list(decode(src, cfg.decode)))
+    np.testing.assert_array_equal(store.read_frames(res.video_id, 0, 100), frames)
+    direct = make_backend(cfg.flow).compute(frames)
+    assert np.abs(store.read_flow(res.video_id, 0, 99) - direct).max() <= 0.5 / cfg.store.flow_scale + 1e-6
+    err = np.array([photometric_error(frames[i], frames[i + 1], direct[i]) for i in range(99)], np.float32)
+    np.testing.assert_array_equal(store.read_pair_error(res.video_id), err)
+    np.testing.assert_array_equal(store.read_motion(res.video_id), motion_statistics(direct))
+
+
 def test_reingest_is_a_noop(tmp_path, clip):
     cfg = _cfg(tmp_path / "s.zarr")
     first = ingest_video(VideoSource(str(clip), "file"), cfg)

@@ -114,7 +114,7 @@ def test_training_reader_fails_loudly_on_a_missing_flow_shard(tmp_path, two_shot
     naming the video and the pairs, never 4 pairs of zero flow."""
     from cpfs.data import FlowPairDataset
     from cpfs.errors import StoreError
-    from cpfs.train_config import AugmentConfig
+    from cpfs.config import AugmentConfig
 
     NO_AUG = AugmentConfig(enabled=False)  # noqa: N806
 

@@ -273,7 +273,7 @@ def _two_motions(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, dict[str, t
 @pytest.mark.parametrize("loss", ["kta", "kta-centered", "ce", "ce-rev"])
 def test_chosen_bandwidth_rule_scores_segmentation_above_collapse(loss: str) -> None:
     from cpfs.train import build_model, build_objective
-    from cpfs.train_config import TrainConfig
+    from cpfs.config import TrainConfig
 
     cfg = TrainConfig(loss=loss, width=0.125)  # the defaults: the rule the training uses
     objective = build_objective(build_model(cfg), cfg)

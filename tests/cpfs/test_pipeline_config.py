@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from cpfs.config import IngestConfig, TrainStageConfig
-from cpfs.pipeline import PipelineConfig, PreflightError, ingest_fingerprint, preflight, train_fingerprint
+from cpfs.config import IngestConfig, PipelineConfig, TrainStageConfig
+from cpfs.pipeline import PreflightError, ingest_fingerprint, preflight, train_fingerprint
 
 
 def test_one_store_for_every_stage():
@@ -49,7 +49,7 @@ def test_fingerprints_follow_content(tmp_path):
     assert ingest_fingerprint(cfg, [str(v)]) != k1
     t = TrainStageConfig()
     assert train_fingerprint(t, "v1") != train_fingerprint(t, "v2")
-    assert train_fingerprint(t, "v1") == train_fingerprint(t.model_copy(update={"fault_file": "x"}), "v1")
+    assert train_fingerprint(t, "v1") == train_fingerprint(t.model_copy(update={"resume": False}), "v1")
 
 
 def test_versioned_run_folder_per_store_version():

@@ -20,19 +20,10 @@ import torch
 
 from cpfs.config import StoreConfig
 from cpfs.errors import StoreError
-from cpfs.train import (
-    CHECKPOINT_DELAY_ENV,
-    CheckpointError,
-    CPFSObjective,
-    build_model,
-    latest_checkpoint,
-    load_checkpoint,
-    lr_factor,
-    read_metrics,
-    save_checkpoint,
-    train,
-)
-from cpfs.train_config import TrainConfig
+from cpfs.checkpoint import CHECKPOINT_DELAY_ENV, CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from cpfs.run_folder import RunFolder
+from cpfs.train import CPFSObjective, build_model, lr_factor, train
+from cpfs.config import TrainConfig
 from storage.store import VideoStore
 from tests.cpfs.test_data import add_video, make_store, synthetic_video
 
@@ -90,9 +81,9 @@ def test_resume_equals_uninterrupted(store3: StoreConfig, tmp_path: Path, worker
     a, b = _params(full.model), _params(rest.model)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
-    la = [m["loss"] for m in read_metrics(tmp_path / "full")]
-    lb = [m["loss"] for m in read_metrics(tmp_path / "split")]
-    assert [m["step"] for m in read_metrics(tmp_path / "split")] == list(range(1, 5))
+    la = [m["loss"] for m in RunFolder(tmp_path / "full").read_metrics()]
+    lb = [m["loss"] for m in RunFolder(tmp_path / "split").read_metrics()]
+    assert [m["step"] for m in RunFolder(tmp_path / "split").read_metrics()] == list(range(1, 5))
     assert lb == pytest.approx(la, abs=1e-6)
     # the learned sigma parameter is restored too
     ca = torch.load(latest_checkpoint(tmp_path / "full"), weights_only=True)
@@ -123,10 +114,10 @@ def test_loss_falls(store3: StoreConfig, tmp_path: Path) -> None:
     seen = []
     train(cfg, store3, tmp_path / "run", progress=lambda step, total, m: seen.append((step, total)))
     assert seen[0] == (1, 30) and seen[-1] == (30, 30)
-    losses = [m["loss"] for m in read_metrics(tmp_path / "run")]
+    losses = [m["loss"] for m in RunFolder(tmp_path / "run").read_metrics()]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.1, (first, last)
-    m = read_metrics(tmp_path / "run")[-1]
+    m = RunFolder(tmp_path / "run").read_metrics()[-1]
     assert {"lr", "sigma", "cos_offdiag", "dim_std_mean", "dim_std_min", "alignment", "images_per_s"} <= set(m)
 
 

@@ -22,12 +22,14 @@ from cpfs.video import (
     content_id,
     decode,
     decode_range,
+    decode_stream,
     discover,
     expected_frame_count,
     list_frames,
     output_size,
     probe,
     sample_videos,
+    seek_points,
 )
 from cpfs.video import _command  # only to check which demuxer reads a frame folder
 from imageio_ffmpeg import get_ffmpeg_exe
@@ -231,6 +233,66 @@ def test_decode_range_respects_max_frames_and_rejects_bad_ranges(samples) -> Non
         decode_range(src, cfg, 5, 5)
     with pytest.raises(ValueError, match="start < stop"):
         decode_range(src, cfg, -1, 3)
+
+
+# --------------------------------------------------------------------------------- decode_stream (seeking)
+
+
+def _assert_stream_equals_slices(src: VideoSource, cfg: DecodeConfig, n_starts: int = 8) -> dict:
+    """decode_stream from several starts (with its seek points) gives exactly full[start:stop]."""
+    meta = probe(src)
+    full = np.stack(list(decode(src, cfg, meta)))
+    n = len(full)
+    starts = sorted({*range(1, n, max(1, n // n_starts)), n - 1})
+    seeks = seek_points(src, cfg, meta, starts)
+    for start in starts:
+        stop = min(n, start + 12)
+        got = np.stack(list(decode_stream(src, cfg, start, stop, meta, seeks.get(start))))
+        np.testing.assert_array_equal(got, full[start:stop], err_msg=f"{src.path} [{start}, {stop}) {seeks.get(start)}")
+    return seeks
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_decode_stream_seeks_exactly_in_the_samples(samples, step) -> None:
+    for name in ("bikes", "bigbuckbunny"):
+        seeks = _assert_stream_equals_slices(samples[name], DecodeConfig(short_side=32, step=step))
+        assert any(p.seek_s is not None for p in seeks.values())  # a real seek happened, not a decode from 0
+
+
+@pytest.mark.parametrize("kind", ["bframes_gop7", "cut_edit_list", "vfr", "mkv"])
+def test_decode_stream_exact_on_awkward_files(tmp_path, kind) -> None:
+    """B-frames with short GOPs, a stream-copy cut (edit list, frames before the key frame), variable
+    frame rate: seeking stays frame-exact. Matroska is not seeked (decode from the start), still exact."""
+    src_args = ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:d=6"]
+    path = tmp_path / ("clip.mkv" if kind == "mkv" else "clip.mp4")
+    if kind == "bframes_gop7":
+        _ffmpeg(*src_args, "-c:v", "libx264", "-bf", "3", "-g", "7", "-pix_fmt", "yuv420p", str(path))
+    elif kind == "cut_edit_list":
+        full = tmp_path / "full.mp4"
+        _ffmpeg(*src_args, "-c:v", "libx264", "-bf", "2", "-g", "20", "-pix_fmt", "yuv420p", str(full))
+        _ffmpeg("-ss", "1.55", "-i", str(full), "-c", "copy", str(path))
+    elif kind == "vfr":
+        _ffmpeg(*src_args, "-vf", "setpts='if(lt(N,60),N/25,N/10)/TB'", "-fps_mode", "vfr", "-c:v", "libx264",
+                "-pix_fmt", "yuv420p", str(path))
+    else:
+        _ffmpeg(*src_args, "-c:v", "libx264", "-g", "10", "-pix_fmt", "yuv420p", str(path))
+    seeks = _assert_stream_equals_slices(file_source(path), DecodeConfig(short_side=None), n_starts=12)
+    assert (seeks == {}) == (kind == "mkv")
+
+
+def test_decode_stream_from_zero_and_errors(samples) -> None:
+    src = samples["carphone_pristine"]
+    cfg = DecodeConfig(short_side=32, max_frames=10)
+    full = np.stack(list(decode(src, cfg)))
+    np.testing.assert_array_equal(np.stack(list(decode_stream(src, cfg, 0, 4))), full[:4])
+    np.testing.assert_array_equal(np.stack(list(decode_stream(src, cfg, 6, 20))), full[6:])  # capped like a slice
+    assert list(decode_stream(src, cfg, 12, 20)) == []
+    with pytest.raises(ValueError, match="start < stop"):
+        decode_stream(src, cfg, 5, 5)
+    meta = probe(src)
+    other = seek_points(src, cfg, meta, [3])[3]
+    with pytest.raises(ValueError, match="seek point of frame 3"):
+        decode_stream(src, cfg, 4, 8, meta, other)
 
 
 # --------------------------------------------------------------------------------- frame folders

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.server import ServerHandle, log_tail, prefect_command, start_server, stop_process_group
+from flows.server_process import ServerHandle, log_tail, prefect_command, start_server, stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,10 +13,10 @@ from PIL import Image
 from prefect.flows import Flow
 from typer.testing import CliRunner
 
-from cpfs.train_config import TrainConfig
-from flows.cli import TRAIN_OPTIONS, app, build_train_stage
-from flows.evaluate import EVAL_OPTIONS, build_eval_config
-from flows.model_options import given_values
+from cpfs.config import TrainConfig, TrainStageConfig
+from flows.cli import TRAIN_OPTIONS, app
+from flows.evaluate import build_eval_config
+from flows.model_options import build_config
 
 FORBIDDEN = "/proc/forbidden.zarr"  # /proc refuses new files even to root, whatever os.access says
 
@@ -115,30 +115,71 @@ def test_every_train_config_field_is_a_flag_and_reaches_the_config(tmp_path):
             else:
                 yield (*prefix, name)
 
-    assert {o.loc for o in TRAIN_OPTIONS} == set(leaves(TrainConfig)) - {("preset",)}
+    assert {o.loc[1:] for o in TRAIN_OPTIONS if o.loc[0] == "train"} == set(leaves(TrainConfig))
     flags = {o.flag for o in TRAIN_OPTIONS}
     assert {"--checkpoint-every", "--keep-checkpoints", "--optimizer-lr", "--schedule-warmup-steps",
-            "--augment-enabled", "--loss", "--steps", "--device"} <= flags
-    kwargs = {"checkpoint_every": 7, "optimizer_lr": 0.01, "augment_enabled": False, "sigma": "0.5",
+            "--augment-enabled", "--loss", "--steps", "--device", "--preset", "--store", "--run-dir", "--resume",
+            "--nproc-per-node"} <= flags
+    kwargs = {"store": str(tmp_path / "s.zarr"), "run_dir": str(tmp_path / "run"), "preset": "demo",
+              "checkpoint_every": 7, "optimizer_lr": 0.01, "augment_enabled": False, "sigma": "0.5",
               "optimizer_betas": "[0.8, 0.9]", "steps": 11}
-    values, named = given_values(TRAIN_OPTIONS, kwargs)
-    stage = build_train_stage(str(tmp_path / "s.zarr"), str(tmp_path / "run"), "demo", None, None, None, values, named)
+    stage, _, _ = build_config(TrainStageConfig, TRAIN_OPTIONS, kwargs, None)
     t = stage.train
     assert (t.checkpoint_every, t.optimizer.lr, t.augment.enabled, t.sigma, t.optimizer.betas, t.steps) == \
         (7, 0.01, False, 0.5, (0.8, 0.9), 11)
     assert t.batch_size == TrainConfig.from_preset("demo").batch_size  # what was not given stays the preset's
-    values, named = given_values(TRAIN_OPTIONS, {"sigma": "median"})
-    assert build_train_stage(None, None, None, None, None, None, values, named).train.sigma == "median"
+    assert build_config(TrainStageConfig, TRAIN_OPTIONS, {"sigma": "median"}, None)[0].train.sigma == "median"
+    paper, _, _ = build_config(TrainStageConfig, TRAIN_OPTIONS, {"preset": "paper", "steps": 5}, None)
+    assert (paper.train.crop, paper.train.steps) == (224, 5)  # the preset's values, then the flags given
+
+
+def test_a_flag_not_given_never_overrides_the_config_file(tmp_path):
+    f = tmp_path / "train.json"
+    f.write_text(json.dumps({"run_dir": "/r/x", "resume": False, "train": {"preset": "paper", "steps": 9}}))
+    stage, _, _ = build_config(TrainStageConfig, TRAIN_OPTIONS, {o.name: None for o in TRAIN_OPTIONS}, f)
+    assert (stage.run_dir, stage.resume, stage.train.steps, stage.train.crop) == ("/r/x", False, 9, 224)
+
+
+def _model_leaves(model, prefix=()):  # noqa: ANN001, ANN202
+    from pydantic import BaseModel
+
+    from flows.model_options import _strip_optional
+
+    for name, info in model.model_fields.items():
+        sub = _strip_optional(info.annotation)
+        loc = (*prefix, info.alias or name)
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            yield from _model_leaves(sub, loc)
+        else:
+            yield loc
+
+
+def test_every_ingest_and_pipeline_field_is_a_flag_under_its_known_name():
+    from cpfs.config import IngestConfig, PipelineConfig
+    from flows.cli import INGEST_OPTIONS, RUN_OPTIONS
+
+    assert {o.loc for o in INGEST_OPTIONS} == set(_model_leaves(IngestConfig)) - {("inputs",)}
+    one_store = {("ingest", "inputs"), ("train", "store"), ("evaluate", "store")}
+    assert {o.loc for o in RUN_OPTIONS} == {loc for loc in _model_leaves(PipelineConfig)
+                                           if not any(loc[:len(x)] == x for x in one_store)}
+    for options in (INGEST_OPTIONS, RUN_OPTIONS):
+        flags = {o.flag: o.loc[-2:] for o in options}
+        assert len(flags) == len(options)  # no flag stands for two fields
+        assert {"--store", "--shard-frames", "--size", "--step", "--max-frames", "--backend", "--workers",
+                "--dask-address", "--tvl1-lambda", "--tvl1-scales", "--tvl1-iterations", "--dis-preset"} <= set(flags)
+        assert flags["--store"] == ("store", "path") and flags["--workers"][-1] == "n_workers"
+    run_flags = {o.flag for o in RUN_OPTIONS}
+    assert {"--run-dir", "--preset", "--loss", "--steps", "--seeds", "--davis", "--evaluate-threads"} <= run_flags
 
 
 def test_evaluate_keeps_the_config_files_store_and_out(tmp_path):
     f = tmp_path / "eval.json"
     f.write_text(json.dumps({"checkpoint": "runs/x", "store": {"path": "/data/s.zarr", "shard_frames": 8},
                              "out": "/data/eval", "seeds": 2}))
-    cfg, _ = build_eval_config(None, f, *given_values(EVAL_OPTIONS, {}))
+    cfg, _, _ = build_eval_config(f, {})
     assert (cfg.store.path, cfg.store.shard_frames, cfg.out, cfg.seeds, cfg.checkpoint) == \
         ("/data/s.zarr", 8, "/data/eval", 2, "runs/x")
-    cfg, _ = build_eval_config("/other.zarr", f, *given_values(EVAL_OPTIONS, {"out": "/o", "seeds": 5}))
+    cfg, _, _ = build_eval_config(f, {"store": "/other.zarr", "out": "/o", "seeds": 5})
     assert (cfg.store.path, cfg.store.shard_frames, cfg.out, cfg.seeds) == ("/other.zarr", 8, "/o", 5)
 
 

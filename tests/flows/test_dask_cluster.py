@@ -3,7 +3,6 @@ on loopback, reporting their task runs to the same real Prefect server as the fl
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -11,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from cpfs.config import IngestConfig
-from flows.server import free_port
+from flows.server_process import free_port
 from storage import VideoStore
-from tests.flows.conftest import REPO, api_of, dask_command, wait_until
+from tests.flows.conftest import api_of, dask_command, wait_until
 from tests.helpers import cut_clip
 
 N_WORKERS = 2
@@ -42,10 +41,9 @@ def test_ingest_runs_its_tasks_on_the_workers_of_an_existing_cluster(real_prefec
                     client_env, cwd=tmp_path)
     # The workers get PREFECT_API_URL (client_env): without it each would start a temporary server of
     # its own and the flow's server would never hear of the task runs.
-    # PYTHONPATH: a Dask worker puts its scratch folder first on sys.path, and that folder holds a
-    # `storage/` subfolder (its spill space), which Python takes for a namespace package `storage`
-    # ahead of this project's editable install. The checkout on sys.path wins over it.
-    worker_env = {**client_env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), client_env.get("PYTHONPATH")]))}
+    # A Dask worker puts its scratch folder, which holds a `storage/` spill folder, first on sys.path; the
+    # install keeps this project's `storage` ahead of it (tests/test_packaging.py), with no PYTHONPATH here.
+    worker_env = client_env
     for i in range(N_WORKERS):
         processes.start(f"worker-{i}", dask_command(
             "worker", address, "--name", f"w{i}", "--nthreads", "1", "--no-nanny", "--no-dashboard",

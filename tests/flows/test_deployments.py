@@ -179,6 +179,6 @@ def test_deploy_all_then_a_process_worker_runs_ingest(real_prefect_server, clien
 
 
 def _prefect(*args: str) -> list[str]:
-    from flows.server import prefect_command
+    from flows.server_process import prefect_command
 
     return prefect_command(*args)

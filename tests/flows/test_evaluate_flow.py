@@ -13,10 +13,10 @@ import typer
 from typer.testing import CliRunner
 
 from cpfs.config import StoreConfig
-from cpfs.evaluation.config import EvalConfig
-from cpfs.evaluation.run import file_sha256
+from cpfs.config import EvalConfig
+from cpfs.checkpoint import file_sha256
 from cpfs.train import train
-from cpfs.train_config import TrainConfig
+from cpfs.config import TrainConfig
 from storage import VideoStore
 from tests.cpfs.evaluation.test_run import write_video
 
@@ -62,13 +62,16 @@ def _artifact_keys(flow_run_id) -> set[str]:
     return {a.key for a in arts if a.key}
 
 
-def test_flow_writes_report_publishes_artifacts_and_caches(prefect_server, trained, tmp_path: Path) -> None:
+def test_flow_writes_report_publishes_artifacts_and_caches(prefect_server, trained, tmp_path: Path, monkeypatch) -> None:
     from flows.evaluate import evaluate
+    from tests.cpfs.evaluation.test_run import count_checkpoint_loads
 
     store_cfg, run_dir = trained
     cfg = _config(store_cfg, run_dir, tmp_path / "eval")
+    loads = count_checkpoint_loads(monkeypatch)
     state = evaluate(cfg, return_state=True)
     assert state.is_completed(), state.message
+    assert len(loads) == 1, loads  # one context for the whole flow run: the checkpoint is read once
     summary = state.result()
     ckpt = sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
     assert summary.checkpoint_sha256 == file_sha256(ckpt)

@@ -18,14 +18,15 @@ from tests.helpers import cut_clip
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+FAULT_INJECTION = REPO / "tests" / "fault_injection"
 
 
-def _config(tmp: Path, name: str, clip: Path, fault: Path | None) -> Path:
+def _config(tmp: Path, name: str, clip: Path) -> Path:
     run_dir = tmp / name / "run"
     cfg = {
         "ingest": {"inputs": [str(clip)], "store": {"path": str(tmp / name / "store.zarr"), "shard_frames": 8},
                    "decode": {"short_side": 80}, "flow": {"backend": "opencv-dis"}},
-        "train": {"run_dir": str(run_dir), "fault_file": str(fault) if fault else None,
+        "train": {"run_dir": str(run_dir),
                   "train": {"steps": 6, "checkpoint_every": 2, "batch_size": 4, "crop": 64, "points_per_image": 32,
                             "width": 0.25, "num_workers": 0, "holdout_fraction": 0.2,
                             # 16-frame clips at 80 px barely move: this test is about retries, so every pair is used.
@@ -40,15 +41,18 @@ def _config(tmp: Path, name: str, clip: Path, fault: Path | None) -> Path:
     return path
 
 
-def _env(home: Path) -> dict:
+def _env(home: Path, fault: Path | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_LOGGING_LEVEL="INFO")
+    if fault is not None:  # the failure rehearsal (tests/fault_injection): training fails while `fault` exists
+        env.update(CPFS_TEST_FAULT_FILE=str(fault), PYTHONPATH=os.pathsep.join(
+            filter(None, [str(FAULT_INJECTION), env.get("PYTHONPATH")])))
     return env
 
 
-def _run(args: list[str], home: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=_env(home), capture_output=True, text=True, timeout=900)
+def _run(args: list[str], home: Path, cwd: Path, fault: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=_env(home, fault), capture_output=True, text=True, timeout=900)
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
@@ -69,10 +73,10 @@ def test_failed_training_retried_equals_uninterrupted_run(tmp_path, sample_video
     cut_clip(bikes, clips / "bikes.mp4", 16, width=160)
     fault = tmp_path / "fault"
     fault.write_text("3")  # training raises on its 3rd batch while this file exists
-    cfg_a = _config(tmp_path, "a", clips, fault)
+    cfg_a = _config(tmp_path, "a", clips)
     home_a = tmp_path / "prefect-a"
 
-    first = _run([str(BIN / "cpfs"), "run", "--config", str(cfg_a)], home_a, tmp_path)
+    first = _run([str(BIN / "cpfs"), "run", "--config", str(cfg_a)], home_a, tmp_path, fault)
     assert first.returncode == 1, first.stdout + first.stderr
     out = first.stdout + first.stderr
     assert "injected failure at batch 3" in out
@@ -85,7 +89,7 @@ def test_failed_training_retried_equals_uninterrupted_run(tmp_path, sample_video
 
     fault.unlink()  # remove the cause, then retry the same flow run
     retry = _run([str(BIN / "prefect"), "flow-run", "retry", flow_run_id,
-                  "--entrypoint", f"{REPO / 'flows' / 'pipeline.py'}:pipeline"], home_a, tmp_path)
+                  "--entrypoint", f"{REPO / 'flows' / 'pipeline.py'}:pipeline"], home_a, tmp_path, fault)
     assert retry.returncode == 0, retry.stdout + retry.stderr
     assert _mtimes(store_a) == stored_before  # ingest was not run again
     logs = _run([str(BIN / "prefect"), "flow-run", "logs", flow_run_id], home_a, tmp_path).stdout
@@ -93,7 +97,7 @@ def test_failed_training_retried_equals_uninterrupted_run(tmp_path, sample_video
     assert len(re.findall(r"Beginning subflow run '[\w-]+' for flow 'ingest'", logs)) == 1, logs[-3000:]
     assert len(re.findall(r"Beginning subflow run '[\w-]+' for flow 'train'", logs)) == 2, logs[-3000:]
 
-    cfg_b = _config(tmp_path, "b", clips, None)
+    cfg_b = _config(tmp_path, "b", clips)
     clean = _run([str(BIN / "cpfs"), "run", "--config", str(cfg_b)], tmp_path / "prefect-b", tmp_path)
     assert clean.returncode == 0, clean.stdout + clean.stderr
 

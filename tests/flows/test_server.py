@@ -1,4 +1,4 @@
-"""``flows.server``: a real ``prefect server`` on loopback (SQLite, and PostgreSQL when installed), its
+"""``flows.server_process``: a real ``prefect server`` on loopback (SQLite, and PostgreSQL when installed), its
 errors, and the foreground ``serve`` of ``cpfs server``."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.server import ServerError, free_port, redact_url, start_server, stop_process_group
+from flows.server_process import ServerError, free_port, redact_url, start_server, stop_process_group
 from tests.flows.conftest import REPO, api_of, wait_until
 
 
@@ -135,14 +135,14 @@ def _psql(url: str, sql: str) -> str:
 def test_serve_on_postgresql_records_a_flow_run_and_stops_on_ctrl_c(postgres_url, tmp_path):
     from prefect import flow
 
-    from flows.server import ServerHandle
+    from flows.server_process import ServerHandle
 
     port = free_port()
     home = tmp_path / "home"
     log = tmp_path / "serve.log"
     env = {**os.environ, "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres_url, "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_URL", None)
-    code = f"from flows.server import serve; raise SystemExit(serve('127.0.0.1', {port}, home=__import__('pathlib').Path({str(home)!r}), ui=False))"
+    code = f"from flows.server_process import serve; raise SystemExit(serve('127.0.0.1', {port}, home=__import__('pathlib').Path({str(home)!r}), ui=False))"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -185,6 +185,10 @@ def test_serve_on_postgresql_records_a_flow_run_and_stops_on_ctrl_c(postgres_url
 CHROMIUM = Path("/usr/bin/chromium")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_cpfs_server(tmp_path: Path, port: int, *extra: str) -> tuple[subprocess.Popen, Path]:
     """``cpfs server --port PORT`` as a user starts it (the console script), its home in ``tmp_path``;
     returns once it printed that it is ready."""
@@ -195,8 +199,11 @@ def _start_cpfs_server(tmp_path: Path, port: int, *extra: str) -> tuple[subproce
         env.pop(name, None)
     log = tmp_path / "cpfs-server.log"
     with open(log, "wb") as out:
+        # SIGINT at its default, as in a terminal: a parent started in the background by a shell without job
+        # control ignores SIGINT, the child inherits that, and the Ctrl+C this test sends would do nothing.
         proc = subprocess.Popen([exe, "server", "--port", str(port), *extra], env=env, cwd=tmp_path, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_default_sigint)
 
     def alive() -> None:
         if proc.poll() is not None:

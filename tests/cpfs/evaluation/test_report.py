@@ -16,7 +16,8 @@ from PIL import Image
 from cpfs.evaluation.baselines import random_init_model
 from cpfs.evaluation.features import model_embedding_features
 from cpfs.evaluation.plots import bar_chart, line_chart, pca_rgb, qualitative_row
-from cpfs.evaluation.report import read_metrics, results_markdown_table, write_report
+from cpfs.evaluation.report import results_markdown_table, write_report
+from cpfs.run_folder import read_metrics_file
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -153,6 +154,6 @@ def test_metrics_errors_name_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "metrics.jsonl"
     bad.write_text('{"step": 1, "loss": 2.0}\nnot json\n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2"):
-        read_metrics(bad)
+        read_metrics_file(bad)
     with pytest.raises(ValueError, match="must be a uint8"):
         write_report(fake_but_real_results(), tmp_path / "r", {"bad": np.zeros((4, 4, 3), np.float32)})

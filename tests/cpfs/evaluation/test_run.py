@@ -12,23 +12,17 @@ import pytest
 import torch
 
 from cpfs.config import StoreConfig
-from cpfs.evaluation.baselines import random_init_model
-from cpfs.evaluation.config import EvalConfig
-from cpfs.evaluation.run import (
-    PairSubset,
-    combine_seeds,
-    evaluate,
-    file_sha256,
-    load_model,
-    prepare,
-    recalibrate_batchnorm,
-    run_protocol,
-    summarize,
-)
+from cpfs.config import EvalConfig
+from cpfs.checkpoint import CheckpointError, file_sha256, load_model, save_checkpoint
+from cpfs.evaluation.baselines import random_init_model, recalibrate_batchnorm
+from cpfs.evaluation.context import prepare
+from cpfs.evaluation.heldout import PairSubset
+from cpfs.evaluation.paired import combine_seeds
+from cpfs.evaluation.run import evaluate, run_protocol, summarize
 from cpfs.model import AlexNetConfig, CPFSModelConfig
 from cpfs.records import FrameRange, VideoMeta, VideoRecord, VideoSource
-from cpfs.train import CheckpointError, save_checkpoint, train
-from cpfs.train_config import TrainConfig
+from cpfs.train import train
+from cpfs.config import TrainConfig
 from storage import VideoStore
 
 T, H, W, SIDE = 8, 64, 80, 26  # the square covers 13 % of the frame: above the default min_moving_fraction 0.1
@@ -166,6 +160,68 @@ def test_evaluate_writes_every_protocol_for_cpfs_and_random(trained, tmp_path: P
     assert set(summary.headline["flow_alignment/alignment_centered"]) >= {"cpfs", "random-init", "flow-oracle"}
 
 
+def count_checkpoint_loads(monkeypatch) -> list:
+    """Record every ``torch.load`` (each is one read of a whole checkpoint) while the test runs."""
+    calls: list = []
+    real = torch.load
+
+    def counting(*args, **kwargs):
+        calls.append(args[0] if args else kwargs.get("f"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    return calls
+
+
+def test_one_evaluation_reads_each_checkpoint_once(trained, tmp_path: Path, monkeypatch) -> None:
+    """The context is built once per evaluation and each checkpoint is loaded and hashed from one read (two
+    checkpoints here: the main one and a ``compare`` copy)."""
+    store_cfg, ckpt = trained
+    other = tmp_path / "other-run" / "checkpoints" / "step-00000002.pt"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(ckpt.read_bytes())
+    loads = count_checkpoint_loads(monkeypatch)
+    hashes = []
+    monkeypatch.setattr("hashlib.sha256", lambda *a, _real=__import__("hashlib").sha256: hashes.append(a) or _real(*a))
+    result = evaluate(tiny_config(store_cfg, ckpt, tmp_path / "out", seeds=1, compare=[str(tmp_path / "other-run")]))
+    assert len(loads) == 2, loads
+    assert len(hashes) == 2  # the SHA-256 of each checkpoint comes from the bytes already read
+    assert [c["sha256"] for c in result.results["meta"]["checkpoints"]] == [file_sha256(ckpt)] * 2
+
+
+def test_shared_features_are_computed_once_per_image(trained, tmp_path: Path, monkeypatch) -> None:
+    """Random init of the training seed: its features for its own row and for the paired comparison are one
+    computation per image (flow alignment embeddings, motion-probe hypercolumns)."""
+    from cpfs.model import CPFSModel
+
+    store_cfg, ckpt = trained
+    ctx = prepare(tiny_config(store_cfg, ckpt, tmp_path, seeds=2))
+    same = ctx.random_model(ctx.train_seed)
+    calls = {"embedding": 0, "trunk": 0}
+    real_dense, real_trunk = CPFSModel.dense_embedding, type(same.trunk).features
+
+    def dense(self, *a, **k):
+        calls["embedding"] += self is same
+        return real_dense(self, *a, **k)
+
+    def trunk(self, *a, **k):
+        calls["trunk"] += self is same.trunk
+        return real_trunk(self, *a, **k)
+
+    monkeypatch.setattr(CPFSModel, "dense_embedding", dense)
+    monkeypatch.setattr(type(same.trunk), "features", trunk)
+    flow = run_protocol("flow_alignment", ctx)
+    n_pairs = flow["random-init"]["per_seed"][0]["n_pairs"]
+    assert calls["embedding"] == n_pairs  # one per held-out pair, not one more per pixel seed or for the pairing
+    after_flow = calls["trunk"]
+    motion = run_protocol("motion_segmentation", ctx)
+    n_motion = motion["cpfs"]["n_train_pairs"] + motion["cpfs"]["n_test_pairs"]
+    assert calls["trunk"] - after_flow == n_motion  # its row (seed 0) and the paired run (every seed) share them
+    # Pixel seed 0 of the paired baseline is the random-init row's seed 0 exactly.
+    assert flow["cpfs"]["paired"]["random_same_seed_per_seed"][0] == pytest.approx(
+        flow["random-init"]["per_seed"][0]["summary"]["alignment_centered"]["mean"], abs=1e-12)
+
+
 def test_heldout_protocols_never_read_training_pairs(trained, tmp_path: Path) -> None:
     store_cfg, ckpt = trained
     ctx = prepare(tiny_config(store_cfg, ckpt, tmp_path))
@@ -217,7 +273,7 @@ def test_protocols_run_alone_and_davis_runs_when_configured(trained, tmp_path: P
     cfg = tiny_config(store_cfg, ckpt, tmp_path, davis=str(davis_root), davis_max_frames=2, davis_size=64, seeds=1,
                       davis_sequences=[sorted(p.name for p in (davis_root / "JPEGImages" / "480p").iterdir())[0]])
     assert cfg.protocols()[-1] == "davis"
-    out = run_protocol("davis", cfg)
+    out = run_protocol("davis", prepare(cfg))
     assert set(out) == {"cpfs", "random-init", "position", "colour-lab"}
     for res in out.values():
         assert 0.0 <= res["summary"]["J"]["mean"] <= 1.0 and 0.0 <= res["summary"]["F"]["mean"] <= 1.0

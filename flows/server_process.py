@@ -1,4 +1,7 @@
-"""A local Prefect server for the pipeline: start it, wait until it answers, stop it.
+"""A local Prefect server process for the pipeline: start it, wait until it answers, stop it.
+
+Not a flow: this module manages a child process (``prefect server start``) for ``cpfs server`` and the tests;
+it lives in ``flows/`` because it serves the orchestration, and is named for what it is.
 
 ``start_server`` runs ``prefect server start --host 127.0.0.1 --port P`` as a child process in its own
 process group, with its own ``PREFECT_HOME`` (where the embedded SQLite database ``prefect.db`` lives

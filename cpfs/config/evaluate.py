@@ -1,4 +1,4 @@
-"""Typed configuration of the evaluation stage (to be merged into ``cpfs.config``).
+"""Configuration of the evaluation stage.
 
 ``EvalConfig`` is the one object ``cpfs.evaluation.run.evaluate`` and the Prefect flow ``evaluate`` take,
 built at the boundary (CLI, flow parameters) and validated there.
@@ -20,20 +20,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from cpfs.config import StoreConfig
-from cpfs.model import LAYER_NAMES
+from cpfs.config.base import ConfigModel
+from cpfs.config.store import StoreConfig
+from cpfs.run_folder import RunFolder
 
 PROTOCOL_NAMES: tuple[str, ...] = ("flow_alignment", "motion_segmentation", "linear_probe", "segmentation", "davis")
 
 
-class _Model(BaseModel):
-    # Unknown keys are errors, not silently ignored: a typo in a parameter must fail loudly.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EvalConfig(_Model):
+class EvalConfig(ConfigModel):
     """The evaluation stage: which checkpoints, which data, which protocols and at what size."""
 
     # A checkpoint file (``run/checkpoints/step-*.pt``) or a training run folder (its latest checkpoint).
@@ -88,6 +84,8 @@ class EvalConfig(_Model):
     @field_validator("layers")
     @classmethod
     def _known_layers(cls, v: list[str]) -> list[str]:
+        from cpfs.model import LAYER_NAMES  # here, not at the top: importing the configuration needs no torch
+
         unknown = [name for name in v if name not in LAYER_NAMES]
         if unknown or not v:
             raise ValueError(f"layers must be a non-empty subset of {list(LAYER_NAMES)}, got {v}")
@@ -119,3 +117,8 @@ class EvalConfig(_Model):
 
     def out_path(self) -> Path:
         return Path(self.out).expanduser()
+
+
+def eval_dir(run_dir: str) -> str:
+    """Where the evaluation of a training run folder goes when no ``out`` is given (``RunFolder.eval``)."""
+    return str(RunFolder(run_dir).eval.path)

@@ -1,4 +1,5 @@
-"""Typed configuration of the training stage (to be merged into ``cpfs.config``).
+"""Configuration of the training stage: ``TrainConfig`` (model, loss, data, optimisation, presets) and
+``TrainStageConfig`` (the stage as a pipeline step: store, run folder, launch).
 
 ``TrainConfig`` is the one object the training library (``cpfs.data``, ``cpfs.train``, ``cpfs.distributed``)
 takes, built at the boundary (CLI, Prefect flow parameters) and validated there. Two presets:
@@ -20,20 +21,19 @@ fields; nested models are overridden key by key.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from cpfs.config.base import Cli, ConfigModel, deep_merge
+from cpfs.config.store import StoreConfig
 
 LossName = Literal["kta", "kta-centered", "ce", "ce-rev"]
 PresetName = Literal["demo", "cpu-hour", "paper"]
 
 
-class _Model(BaseModel):
-    # Unknown keys are errors, not silently ignored: a typo in a parameter must fail loudly.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OptimizerConfig(_Model):
+class OptimizerConfig(ConfigModel):
     """AdamW (Loshchilov, Hutter 2019): decoupled weight decay."""
 
     lr: float = Field(default=1e-3, gt=0, description="Peak learning rate (reached after the warm-up)")
@@ -43,14 +43,14 @@ class OptimizerConfig(_Model):
     grad_clip: float | None = Field(default=1.0, gt=0, description="Clip the global gradient norm to this (None: off)")
 
 
-class ScheduleConfig(_Model):
+class ScheduleConfig(ConfigModel):
     """Learning rate: linear warm-up from 0 to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at the end."""
 
     warmup_steps: int = Field(default=20, ge=0, description="Steps of linear warm-up")
     min_lr_ratio: float = Field(default=0.01, ge=0, le=1, description="Final learning rate as a fraction of lr")
 
 
-class AugmentConfig(_Model):
+class AugmentConfig(ConfigModel):
     """Training augmentations, applied consistently to the image and its flow."""
 
     enabled: bool = Field(default=True, description="Apply augmentations (False: deterministic centre crop)")
@@ -70,10 +70,11 @@ class AugmentConfig(_Model):
         return self
 
 
-class TrainConfig(_Model):
+class TrainConfig(ConfigModel):
     """The training stage: model, loss, data, optimisation, logging and checkpoints."""
 
-    preset: PresetName = Field(default="demo", description="Preset the values started from (informative)")
+    # The values not given come from this preset (``_start_from_the_preset``); the defaults below are demo's.
+    preset: PresetName = Field(default="demo", description="Preset the other values start from: demo (CPU, minutes), cpu-hour, paper (GPU); the values given override it")
     # Default (= demo preset) kta-centered: in bench/validity.py on this project's real video it was the only loss
     # above random init and the position-only baseline on held-out frames (ce, the paper's best at ImageNet
     # scale, and ce-rev fell below random init there). The paper preset keeps ce.
@@ -122,6 +123,15 @@ class TrainConfig(_Model):
     amp: bool = Field(default=False, description="Automatic mixed precision on CUDA (bfloat16 autocast; float16 + GradScaler where bf16 is unsupported); ignored on CPU")
     device: str | None = Field(default="cpu", description="torch device (None: cuda when available, else cpu)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _start_from_the_preset(cls, data: Any) -> Any:
+        """The values given override the named preset's (``{"preset": "paper", "steps": 10}``); an unknown
+        name is left to the ``preset`` field's own validation, which names it."""
+        if isinstance(data, dict) and PRESETS.get(data.get("preset", "demo")):
+            return deep_merge(PRESETS[data.get("preset", "demo")], data)
+        return data
+
     @field_validator("sigma")
     @classmethod
     def _positive_sigma(cls, v: str | float) -> str | float:
@@ -140,21 +150,7 @@ class TrainConfig(_Model):
         """The preset ``name`` ("demo", "cpu-hour" or "paper") with ``overrides`` applied (nested dicts merge key by key)."""
         if name not in PRESETS:
             raise ValueError(f"unknown training preset {name!r}; valid names: {', '.join(sorted(PRESETS))}")
-        values = _deep_merge({"preset": name, **PRESETS[name]}, overrides)
-        return cls.model_validate(values)
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``over``; where both hold a dict (or ``over`` a model) the merge recurses."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, BaseModel):
-            value = value.model_dump()
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+        return cls.model_validate({**overrides, "preset": name})
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -206,10 +202,35 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # The demo's settings with a longer schedule and larger crops (see the comment on "cpu-hour" above).
-PRESETS["cpu-hour"] = _deep_merge(PRESETS["demo"], {
+PRESETS["cpu-hour"] = deep_merge(PRESETS["demo"], {
     "steps": 2500,
     "crop": 128,
     "schedule": {"warmup_steps": 100},
     "checkpoint_every": 250,
     "log_every": 5,
 })
+
+# The run folder of a training stage when none is given (`cpfs train`, `cpfs run`, the deployments).
+DEFAULT_RUN_DIR = "runs/demo"
+
+
+class TrainStageConfig(ConfigModel):
+    """The training stage as a pipeline step: which store, which run folder, how to launch."""
+
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    run_dir: str = Field(default=DEFAULT_RUN_DIR, description="Run folder: metrics.jsonl and checkpoints/")
+    train: Annotated[TrainConfig, Cli(prefix="")] = Field(default_factory=TrainConfig)
+    # Continue from the run folder's latest checkpoint when there is one (exactly: optimiser, schedule and RNG
+    # states included); a run that already reached ``train.steps`` is returned as it is, not redone.
+    resume: bool = Field(default=True, description="Continue from the latest checkpoint in run_dir")
+    # Processes per node; more than one launches ``torchrun`` (DistributedDataParallel: nccl on GPUs, gloo on CPU).
+    nproc_per_node: int = Field(default=1, ge=1, description="Training processes (torchrun when > 1)")
+    # One run folder per store index version (<run_dir>/store-<version>): a scheduled retrain then trains
+    # only when new data arrived, and finds its finished run otherwise.
+    version_runs: bool = Field(default=False, description="Run folder per store index version (scheduled retrains)")
+
+    def for_store_version(self, version: str) -> "TrainStageConfig":
+        """This configuration with the run folder it really uses for a store at index ``version``."""
+        if not self.version_runs:
+            return self
+        return self.model_copy(update={"run_dir": str(Path(self.run_dir) / f"store-{version}"), "version_runs": False})

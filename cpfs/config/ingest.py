@@ -1,16 +1,18 @@
-"""One typed configuration tree for the whole pipeline.
+"""Configuration of the ingest stage: which videos, how to decode them, which optical flow, where to store.
 
-Every stage takes one of these models, built once at the boundary (the CLI, a Prefect flow's parameters)
-and validated there; nothing below the boundary receives a raw dict or an argparse namespace. Pydantic
-models double as Prefect flow parameters, so the Prefect UI shows and validates the same schema.
+The flags of ``cpfs ingest`` are derived from these fields (``flows.model_options``): decode and flow fields
+go without their prefix (``--step``, ``--backend``, ``--tvl1-tau``), a ``Cli`` marker names the others that
+users know by a shorter name (``--size``, ``--workers``, ``--tvl1-scales``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from cpfs.config.base import Cli, ConfigModel
+from cpfs.config.store import StoreConfig
 
 # Names accepted by ``--backend``. ``auto`` resolves to a concrete one (see ``cpfs.flow.resolve_backend``)
 # and the store records the concrete name, never ``auto``.
@@ -26,19 +28,26 @@ FlowBackendName = Literal[
 FLOW_BACKENDS: tuple[str, ...] = FlowBackendName.__args__  # type: ignore[attr-defined]
 
 
-class _Model(BaseModel):
-    # Unknown keys are errors, not silently ignored: a typo in a parameter must fail loudly.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def parse_size(text: str) -> dict[str, Any]:
+    """``--size 256`` sets the shorter side; ``--size 320x240`` sets width x height exactly."""
+    t = str(text).strip().lower()
+    try:
+        if "x" in t:
+            w, h = (int(v) for v in t.split("x", 1))
+            return {"size": (w, h)}
+        return {"short_side": int(t)}
+    except ValueError:
+        raise ValueError(f"expected N (shorter side) or WxH, got {text!r}") from None
 
 
-class DecodeConfig(_Model):
+class DecodeConfig(ConfigModel):
     """How videos are decoded before optical flow (applied by ffmpeg's filters, not in Python)."""
 
     # Target size. ``short_side``: scale so the shorter side has this many pixels, keeping the aspect ratio
     # (the other side rounded to an even number). None keeps the source size.
     short_side: int | None = Field(default=256, description="Shorter side after scaling, px (None: keep source size)")
     # Exact output size (width, height); overrides short_side when set.
-    size: tuple[int, int] | None = Field(default=None, description="Exact output size (width, height), px")
+    size: Annotated[tuple[int, int] | None, Cli(flag="--size", parse=parse_size)] = Field(default=None, description="Decoded size: N scales the shorter side to N px (short_side), WxH sets the exact size")
     # Keep every ``step``-th decoded frame (ffmpeg's select filter). Flow is computed between kept frames.
     step: int = Field(default=1, ge=1, description="Keep every step-th frame")
     # Stop after this many kept frames (None: the whole video).
@@ -61,7 +70,7 @@ class DecodeConfig(_Model):
         return v
 
 
-class TVL1Params(_Model):
+class TVL1Params(ConfigModel):
     """Parameters of TV-L1 (Zach, Pock, Bischof 2007; Wedel et al. 2009), named as OpenCV's DualTVL1."""
 
     tau: float = Field(default=0.25, gt=0, description="Time step of the numerical scheme")
@@ -69,11 +78,11 @@ class TVL1Params(_Model):
     theta: float = Field(default=0.3, gt=0, description="Coupling between the two variables")
     # 10 rather than OpenCV's 5: with 5 scales TV-L1 misses Urban2's 22 px motion (EPE 3.56 px at full size),
     # with 10 it reaches 0.40 px; other sequences are unchanged and the extra scales are tiny images.
-    nscales: int = Field(default=10, ge=1, description="Number of pyramid scales")
+    nscales: Annotated[int, Cli(flag="--tvl1-scales")] = Field(default=10, ge=1, description="Number of pyramid scales")
     warps: int = Field(default=5, ge=1, description="Warpings per scale")
     epsilon: float = Field(default=0.01, gt=0, description="Stopping threshold")
     inner_iterations: int = Field(default=30, ge=1, description="Inner iterations per warp")
-    outer_iterations: int = Field(default=10, ge=1, description="Outer iterations per warp")
+    outer_iterations: Annotated[int, Cli(flag="--tvl1-iterations")] = Field(default=10, ge=1, description="Outer iterations per warp")
     scale_step: float = Field(default=0.8, gt=0, lt=1, description="Pyramid scale factor")
     gamma: float = Field(default=0.0, ge=0, description="Weight of the illumination term (0: off)")
     median_filtering: int = Field(default=5, ge=1, description="Median filter kernel size on the flow")
@@ -81,7 +90,7 @@ class TVL1Params(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class FarnebackParams(_Model):
+class FarnebackParams(ConfigModel):
     """Parameters of Farneback's polynomial-expansion flow (OpenCV names)."""
 
     pyr_scale: float = Field(default=0.5, gt=0, lt=1, description="Pyramid scale factor")
@@ -92,13 +101,13 @@ class FarnebackParams(_Model):
     poly_sigma: float = Field(default=1.1, gt=0, description="Gaussian sigma of the polynomial expansion")
 
 
-class DISParams(_Model):
+class DISParams(ConfigModel):
     """Parameters of DIS flow (Kroeger et al. 2016)."""
 
     preset: Literal["ultrafast", "fast", "medium"] = Field(default="medium", description="OpenCV DIS preset")
 
 
-class FlowConfig(_Model):
+class FlowConfig(ConfigModel):
     """Which optical-flow algorithm runs and with which parameters."""
 
     backend: FlowBackendName = Field(default="auto", description="Flow backend; auto picks the best available")
@@ -106,12 +115,12 @@ class FlowConfig(_Model):
     farneback: FarnebackParams = Field(default_factory=FarnebackParams)
     dis: DISParams = Field(default_factory=DISParams)
     # Frame pairs per call for batched backends (torch-tvl1); CPU backends loop over pairs.
-    batch_size: int = Field(default=8, ge=1, description="Frame pairs per batch (batched backends)")
+    batch_size: Annotated[int, Cli(flag="--flow-batch-size")] = Field(default=8, ge=1, description="Frame pairs per batch (batched backends)")
     # torch device for torch-tvl1: None picks cuda when available, else cpu.
-    device: str | None = Field(default=None, description="torch device for torch-tvl1 (None: auto)")
+    device: Annotated[str | None, Cli(flag="--flow-device")] = Field(default=None, description="torch device for torch-tvl1 (None: auto)")
 
 
-class CutConfig(_Model):
+class CutConfig(ConfigModel):
     """Shot-cut detection: flow across a cut is meaningless and training must not read those pairs."""
 
     # A pair is a cut when its photometric warp error exceeds ``warp_ratio`` times the video's median...
@@ -120,71 +129,20 @@ class CutConfig(_Model):
     hist_threshold: float = Field(default=0.3, gt=0, le=1, description="Colour-histogram distance above which a pair may be a cut")
 
 
-class StoreConfig(_Model):
-    """Where the Zarr store lives and how its arrays are chunked."""
-
-    # A local folder or an fsspec URL (s3://bucket/prefix when s3fs is installed, memory://...).
-    path: str = Field(default="cpfs-data/store.zarr", description="Store location: folder or fsspec URL")
-    # Frames per shard: the unit of writing, of parallel work and of dask chunks.
-    shard_frames: int = Field(default=32, ge=1, description="Frames per Zarr shard")
-    # Fixed-point scale of stored flow: value = round(flow_px * scale) as int16.
-    flow_scale: float = Field(default=64.0, gt=0, description="Fixed-point scale of stored flow (units per px)")
-    # Clipping bound of stored flow, px; |flow| beyond it is clipped and counted.
-    flow_bound: float = Field(default=500.0, gt=0, description="Flow clipping bound, px")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")
-
-    @field_validator("flow_bound")
-    @classmethod
-    def _bound_fits_int16(cls, v: float, info) -> float:  # noqa: ANN001
-        scale = info.data.get("flow_scale", 64.0)
-        if v * scale > 32767:
-            raise ValueError(f"flow_bound*flow_scale must fit int16 (<= 32767), got {v}*{scale}")
-        return v
-
-
-class IngestConfig(_Model):
+class IngestConfig(ConfigModel):
     """The ingest stage: which videos, how to decode them, which flow, where to store."""
 
     # Video files, frame folders, or folders holding them (walked). Empty: the embedded sample videos.
     inputs: list[str] = Field(default_factory=list, description="Videos, frame folders or folders of them")
     store: StoreConfig = Field(default_factory=StoreConfig)
-    decode: DecodeConfig = Field(default_factory=DecodeConfig)
-    flow: FlowConfig = Field(default_factory=FlowConfig)
+    decode: Annotated[DecodeConfig, Cli(prefix="")] = Field(default_factory=DecodeConfig)
+    flow: Annotated[FlowConfig, Cli(prefix="")] = Field(default_factory=FlowConfig)
     cuts: CutConfig = Field(default_factory=CutConfig)
     # Inputs are watched folders (a scheduled ingest): a missing or empty folder means "nothing new", not an error.
     watch: bool = Field(default=False, description="Inputs are watched folders: missing or empty is not an error")
     # Existing Dask scheduler (tcp://host:port); None starts a local cluster.
     dask_address: str | None = Field(default=None, description="Dask scheduler address; None: local cluster")
     # Workers of the local cluster (one process each, one thread each: OpenCV is told to use one thread).
-    n_workers: int | None = Field(default=None, ge=1, description="Local Dask workers (None: CPU count)")
+    n_workers: Annotated[int | None, Cli(flag="--workers")] = Field(default=None, ge=1, description="Local Dask workers (None: CPU count)")
     # Ranges of this many shards are the unit of parallel work within one long video.
     shards_per_task: int = Field(default=4, ge=1, description="Shards per parallel task within a video")
-
-
-# The training stage's own tree lives in ``cpfs.train_config`` (model, loss, optimiser, presets).
-from cpfs.train_config import TrainConfig  # noqa: E402
-
-
-class TrainStageConfig(_Model):
-    """The training stage as a pipeline step: which store, which run folder, how to launch."""
-
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    run_dir: str = Field(default="runs/demo", description="Run folder: metrics.jsonl and checkpoints/")
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    # Continue from the run folder's latest checkpoint when there is one (exactly: optimiser, schedule and RNG
-    # states included); a run that already reached ``train.steps`` is returned as it is, not redone.
-    resume: bool = Field(default=True, description="Continue from the latest checkpoint in run_dir")
-    # Processes per node; more than one launches ``torchrun`` (DistributedDataParallel: nccl on GPUs, gloo on CPU).
-    nproc_per_node: int = Field(default=1, ge=1, description="Training processes (torchrun when > 1)")
-    # One run folder per store index version (<run_dir>/store-<version>): a scheduled retrain then trains
-    # only when new data arrived, and finds its finished run otherwise.
-    version_runs: bool = Field(default=False, description="Run folder per store index version (scheduled retrains)")
-    # Failure rehearsal: while this file exists, training raises on the batch number written in it. Lets
-    # tests and users rehearse "a stage fails, remove the cause, retry the run" for real.
-    fault_file: str | None = Field(default=None, description="While this file exists, fail on the batch it names")
-
-    def for_store_version(self, version: str) -> "TrainStageConfig":
-        """This configuration with the run folder it really uses for a store at index ``version``."""
-        if not self.version_runs:
-            return self
-        return self.model_copy(update={"run_dir": str(Path(self.run_dir) / f"store-{version}"), "version_runs": False})

@@ -1,0 +1,70 @@
+"""The one base class of every configuration model, how a field names its command-line flag, and the one
+merge and config-file reader.
+
+Every model is frozen and rejects unknown keys (a typo in a parameter fails loudly). A field may carry a
+``Cli`` marker in its annotation, read by ``flows.model_options`` when it derives a command's flags from
+the model: ``flag`` is what the user types for a leaf field (``--store`` for ``store.path``), ``prefix`` the
+flag prefix of a nested model's fields (``""``: none, so ``decode.step`` is ``--step``). Without a marker a
+flag is the field's path joined by dashes (``optimizer.lr`` is ``--optimizer-lr``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from cpfs.errors import CPFSError
+
+
+class ConfigModel(BaseModel):
+    """Base of every configuration model: frozen, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Cli:
+    """Command-line metadata of a field, put in its annotation: ``Annotated[str, Cli(flag="--store")]``.
+
+    ``flag``: the flag of a leaf field. ``prefix``: the flag prefix of a nested model's fields (replaces the
+    path above them; ``""`` drops it). ``parse``: turns the typed text into ``{sibling field: value}`` (``--size
+    256`` sets ``short_side``, ``--size 320x240`` sets ``size``). ``metavar``: shown in the help."""
+
+    flag: str | None = None
+    prefix: str | None = None
+    parse: Callable[[str], dict[str, Any]] | None = None
+
+
+class ConfigFileError(CPFSError):
+    """A configuration file cannot be read or is not a JSON object; the message names the file."""
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``over``; where both hold a mapping (or ``over`` a model) the merge recurses."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json", by_alias=True)
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = dict(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    """The JSON object in ``path`` ({} for None). Raises ConfigFileError naming the file."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigFileError(f"{path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

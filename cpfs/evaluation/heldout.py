@@ -1,0 +1,75 @@
+"""The held-out pairs of an evaluation: a read-only view of the store that hides every other pair.
+
+``cpfs.evaluation.pairs`` finds usable pairs through ``read_cut``; ``PairSubset`` makes a pair outside its
+``allowed`` set read as a cut, so the held-out protocols never see a training frame. It satisfies the same
+``PairStore`` protocol as ``storage.VideoStore``, so the protocols take either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from cpfs.errors import StoreError
+from cpfs.evaluation.pairs import select_pairs
+from cpfs.motion import MOTION_COLUMNS
+from cpfs.records import FrameRange
+from storage import VideoStore
+
+
+class PairSubset:
+    """A read-only view of a ``VideoStore`` in which only the ``allowed`` pairs of each video are usable
+    (``None``: every pair of that video). Frames and flow are read from the store as is."""
+
+    def __init__(self, store: VideoStore, allowed: Mapping[str, Sequence[int] | None]) -> None:
+        self.store = store
+        self.path: Any = store.path
+        self.allowed = {vid: None if pairs is None else frozenset(int(t) for t in pairs) for vid, pairs in allowed.items()}
+
+    @classmethod
+    def from_ranges(cls, store: VideoStore, ranges: Sequence[FrameRange], min_moving_fraction: float = 0.0) -> "PairSubset":
+        """Pairs t with both frames in a range: ``start <= t`` and ``t + 1 < stop``; with ``min_moving_fraction``
+        > 0 only pairs in which at least that fraction of the pixels moves on its own (``cpfs.motion``
+        ``moving_fraction``): on the others the flow kernel is estimation noise and the protocol would
+        measure noise."""
+        allowed: dict[str, set[int]] = {}
+        for r in ranges:
+            pairs = set(range(r.start, r.stop - 1))
+            if min_moving_fraction > 0:
+                moving = store.read_motion(r.video_id)[:, MOTION_COLUMNS.index("moving_fraction")]
+                pairs = {t for t in pairs if t < moving.size and moving[t] >= min_moving_fraction}
+            allowed.setdefault(r.video_id, set()).update(pairs)
+        return cls(store, allowed)
+
+    @property
+    def video_ids(self) -> list[str]:
+        return list(self.allowed)
+
+    def read_cut(self, video_id: str) -> np.ndarray:
+        if video_id not in self.allowed:
+            raise StoreError(f"{self.path}: video {video_id!r} is not part of this evaluation's held-out set")
+        cut = np.asarray(self.store.read_cut(video_id), dtype=bool).copy()
+        pairs = self.allowed[video_id]
+        if pairs is not None:
+            keep = np.zeros_like(cut)
+            keep[[t for t in pairs if t < cut.size]] = True
+            cut |= ~keep
+        return cut
+
+    def read_frames(self, video_id: str, start: int, stop: int) -> np.ndarray:
+        return self.store.read_frames(video_id, start, stop)
+
+    def read_flow(self, video_id: str, start: int, stop: int) -> np.ndarray:
+        return self.store.read_flow(video_id, start, stop)
+
+
+def motion_probe_halves(heldout: PairSubset, pairs_per_video: int) -> tuple[PairSubset, PairSubset]:
+    """The pairs the motion probe trains on and tests on, as ``motion_segmentation_probe`` splits a video
+    listed in both lists: the first half of ``select_pairs`` trains, the second half tests."""
+    train, test = {}, {}
+    for vid in heldout.video_ids:
+        idx = select_pairs(heldout, vid, pairs_per_video)
+        half = len(idx) // 2
+        train[vid], test[vid] = idx[:half], idx[half:]
+    return PairSubset(heldout.store, train), PairSubset(heldout.store, test)

@@ -1,0 +1,95 @@
+"""Protocol 5 over every source: DAVIS label propagation in the frozen trunk's hypercolumns.
+
+Label propagation has no randomness: a fixed network runs once (std over seeds 0); random-init network s
+runs for each seed. Headline: J&F, paired per scored frame against random init of the training seed
+(``davis_paired``), with figures of the propagated masks written beside the report.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from PIL import Image
+
+from cpfs.evaluation import baselines, stats
+from cpfs.evaluation.context import EvalContext
+from cpfs.evaluation.davis import davis_protocol
+from cpfs.evaluation.paired import combine_seeds
+from cpfs.evaluation.plots import davis_figure
+from cpfs.evaluation.sources import RANDOM, Source
+
+HEADLINE = "J&F"
+
+
+def run(ctx: EvalContext) -> dict:
+    """Protocol 5 on the DAVIS tree ``cfg.davis``."""
+    cfg = ctx.cfg
+    if cfg.davis is None:
+        raise ValueError("protocol 'davis' needs EvalConfig.davis (a DAVIS root)")
+    sources = ctx.sources([baselines.position_features(cfg.feature_stride),
+                           baselines.colour_features("lab", cfg.feature_stride)])
+    train_seed = ctx.train_seed
+
+    def one(src: Source, seed: int, figure_frames: int = 0) -> dict:
+        # Not memoized: every frame is read once per network (the DAVIS frames' hypercolumns are large).
+        return davis_protocol(ctx.features(src, seed, "hypercolumns"), cfg.davis, cfg.davis_sequences,
+                              size=cfg.davis_size, max_frames=cfg.davis_max_frames, figure_frames=figure_frames)
+
+    out = {}
+    same_seed: dict | None = None
+    for i, src in enumerate(sources):
+        ctx.say(f"DAVIS: {src.name}", i, len(sources))
+        rows = []
+        for s in (cfg.seed_list if not src.fixed else [0]):
+            drawn = src.kind == "trained" or (src.kind == "random-init" and s == train_seed)
+            rows.append(one(src, s, cfg.davis_figure_frames if drawn else 0))
+            if src.kind == "random-init" and s == train_seed:
+                same_seed = rows[-1]
+        out[src.name] = combine_seeds(rows, ctx.source_meta(src.name))
+    figures = {name: out[name]["per_seed"][0].pop("figures", {}) for name in ctx.models}
+    random_figures = same_seed.pop("figures", {}) if same_seed is not None else {}
+    for name in list(out):
+        for row in out[name].get("per_seed", []):
+            row.pop("figures", None)  # arrays: drawn below, never stored in results.json
+    if same_seed is None:  # the training seed is not among the evaluation's seeds: run its network too
+        same_seed = one(Source(RANDOM, "random-init"), train_seed)
+    for name in ctx.models:
+        out[name]["paired"] = davis_paired(out[name]["per_seed"][0], same_seed, train_seed, cfg.ci_level)
+    # Figures: propagated masks against the ground truth for a few frames of every sequence, written as PNG
+    # files beside the report (the report embeds them), so they survive a protocol run in another process.
+    folder = cfg.out_path() / "figures"
+    files = {}
+    for seq, fig in figures.get("cpfs", {}).items():
+        preds = {"cpfs": fig["pred"]}
+        if seq in random_figures:
+            preds[f"{RANDOM} seed {train_seed}"] = random_figures[seq]["pred"]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"davis_{seq}.png"
+        Image.fromarray(davis_figure(fig["image"], fig["gt"], preds, fig["frames"])).save(path)
+        files[f"DAVIS {seq}: propagated masks (red) against ground truth (green)"] = str(path)
+    out["cpfs"]["figure_files"] = files
+    return out
+
+
+def davis_paired(trained: Mapping[str, Any], random_same: Mapping[str, Any], seed: int, level: float) -> dict:
+    """DAVIS's second headline: the paired difference of J&F, trained - random init of the same seed, per
+    scored frame, with a bootstrap CI that resamples frames inside each sequence (sequences are strata).
+    Frames of one sequence are correlated (a propagation error persists), so this interval is about these
+    sequences' frames; the per-sequence differences and their spread are reported beside it."""
+    a, b = trained["per_frame"], random_same["per_frame"]
+    if list(zip(a["sequence"], a["t"])) != list(zip(b["sequence"], b["t"])):
+        raise RuntimeError("DAVIS paired comparison: the two sources were scored on different frames")
+    diff = np.asarray(a["J&F"]) - np.asarray(b["J&F"])
+    overall = stats.paired_bootstrap(diff, a["sequence"], level=level)
+    per_seq = {name: float(trained["sequences"][name]["J&F"] - random_same["sequences"][name]["J&F"])
+               for name in trained["sequences"]}
+    return {
+        "metric": "J&F", "against": f"{RANDOM} seed {seed}",
+        "trained_mean": float(np.mean(a["J&F"])), "random_same_seed_mean": float(np.mean(b["J&F"])),
+        **overall,
+        "per_video": stats.per_group_bootstrap(diff, a["sequence"], level=level),
+        "per_sequence_difference": per_seq,
+        "spread_over_videos": float(np.std([trained["sequences"][n]["J&F"] for n in trained["sequences"]])),
+        "verdict": stats.verdict(overall, "DAVIS J&F (label propagation)", f"random init (seed {seed})"),
+    }

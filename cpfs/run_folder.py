@@ -1,0 +1,128 @@
+"""The one owner of the names inside a training run folder and an evaluation output folder.
+
+A training run folder (``TrainStageConfig.run_dir``) holds::
+
+    checkpoints/step-XXXXXXXX.pt   every checkpoint (``cpfs.checkpoint`` writes and reads them)
+    metrics.jsonl                  one JSON object per logged training step
+    eval/                          the default evaluation output folder (an ``EvalFolder``)
+
+An evaluation output folder (``EvalConfig.out``, by default ``<run>/eval``) holds ``results.json``,
+``report.md``, ``report.html`` and ``figures/``. Every other module asks these objects for a path instead of
+spelling the name again, and ``metrics.jsonl`` has one reader (``RunFolder.read_metrics``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_RE = re.compile(r"^step-(\d{8})\.pt$")  # the name of a complete checkpoint (temporaries start with ".")
+
+
+@dataclass(frozen=True)
+class EvalFolder:
+    """An evaluation's output folder: the report files and the figures beside them."""
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path).expanduser())
+
+    @property
+    def results_json(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A training run folder: its checkpoints, its metrics log and its default evaluation folder."""
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path).expanduser())
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> "RunFolder":
+        """The run folder a checkpoint file ``<run>/checkpoints/step-*.pt`` belongs to."""
+        return cls(Path(checkpoint).parent.parent)
+
+    # --- checkpoints ---------------------------------------------------------------------------------------
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        """The file of the checkpoint of ``step`` (whether or not it exists)."""
+        return self.checkpoints / f"step-{step:08d}.pt"
+
+    def checkpoint_files(self) -> list[tuple[int, Path]]:
+        """``(step, path)`` of every complete checkpoint, by increasing step (temporary files are ignored)."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted((int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint of the highest step (None when there is none)."""
+        found = self.checkpoint_files()
+        return found[-1][1] if found else None
+
+    # --- metrics -------------------------------------------------------------------------------------------
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (blank lines skipped; ``[]`` when the file does not exist yet).
+
+        Raises:
+            ValueError: a line that is not a JSON object, naming the file and the line number.
+        """
+        return read_metrics_file(self.metrics) if self.metrics.is_file() else []
+
+    # --- evaluation ----------------------------------------------------------------------------------------
+
+    @property
+    def eval(self) -> EvalFolder:
+        """The default evaluation output folder of this run."""
+        return EvalFolder(self.path / "eval")
+
+
+def read_metrics_file(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file (blank lines skipped).
+
+    Raises:
+        FileNotFoundError: the file is missing. ValueError: a malformed line, naming ``path:line``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: training metrics file is missing")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(rec).__name__}")
+        records.append(rec)
+    return records
