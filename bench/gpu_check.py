@@ -53,10 +53,11 @@ def env() -> dict:
 def ingest(store: str, size: int, max_frames: int | None) -> dict:
     """Ingest the sample videos with backend auto into a fresh ``store``; decode alone beside it."""
     from cpfs.config import IngestConfig
+    from cpfs.discovery import sample_videos
     from cpfs.flow import resolve_backend
     from cpfs.ingest import ingest_video
     from cpfs.records import VideoSource
-    from cpfs.video import decode, sample_videos
+    from cpfs.video import decode
 
     shutil.rmtree(store, ignore_errors=True)
     cfg = IngestConfig.model_validate({"store": {"path": store}, "flow": {"backend": "auto"},

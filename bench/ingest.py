@@ -8,7 +8,7 @@ Throughput (one run, same frames, same cores, repeats interleaved): for each bac
 - *flow*: the real Prefect flow ``flows.ingest.ingest`` (decode + flow + photometric error + Zarr write +
   cut detection + index + Prefect/Dask orchestration) on a fresh store in a temporary folder.
 
-Both are given in frames/s over the same sample videos (``cpfs.video.sample_videos()``) and as the ratio
+Both are given in frames/s over the same sample videos (``cpfs.discovery.sample_videos()``) and as the ratio
 flow / bare (goal >= 0.9: decoding and writing overlap the flow computation). CPU seconds per frame (this
 process, its finished children such as ffmpeg, and its live children such as the Prefect server) are given
 beside the wall times: on a shared machine they are less noisy than wall time. The temporary Prefect server
@@ -132,7 +132,7 @@ def warm_prefect() -> dict:
 def throughput(backends: list[str], size: int, repeats: int, work: Path) -> dict:
     """Bare loop vs the Prefect flow for each backend, repeats interleaved -> plain numbers."""
     from cpfs.config import IngestConfig
-    from cpfs.video import sample_videos
+    from cpfs.discovery import sample_videos
 
     paths = sample_videos()
     out: dict = {"videos": [p.name for p in paths], "size": size, "cpu_count": os.cpu_count(), "backends": {}}
@@ -225,7 +225,7 @@ def measure_memory(video: Path, store: Path, backend: str, size: int) -> dict:
 
 def memory(backend: str, size: int, loops: int, work: Path) -> dict:
     """Peak memory of ``ingest_video`` on bikes.mp4 and on bikes.mp4 looped ``loops`` times."""
-    from cpfs.video import sample_videos
+    from cpfs.discovery import sample_videos
 
     bikes = next(p for p in sample_videos() if p.name == "bikes.mp4")
     long = make_long(bikes, loops, work / f"bikes-x{loops}.mp4")

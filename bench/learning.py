@@ -51,7 +51,7 @@ from cpfs.checkpoint import latest_checkpoint, load_checkpoint
 from cpfs.run_folder import RunFolder
 from cpfs.train import _seed_everything, build_model, train
 from cpfs.config import TrainConfig
-from cpfs.video import discover, sample_videos
+from cpfs.discovery import discover, sample_videos
 from storage import VideoStore
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -2,7 +2,7 @@
 training steps, for each loss, beside random init and the trivial baselines (project issue 3, "Measure
 honestly"). Not run by CI: it trains for tens of CPU minutes.
 
-1. Store: every real video at hand, the three sample videos (``cpfs.video.sample_videos``) and the DAVIS
+1. Store: every real video at hand, the three sample videos (``cpfs.discovery.sample_videos``) and the DAVIS
    frame folders (``--davis``, default ``../shared/data/davis-train/JPEGImages/480p``; never ``davis/``, the DAVIS evaluation), ingested with
    ``cpfs.ingest.ingest_video`` (DIS flow, short side ``--short-side`` 128). A video already complete in
    ``--store`` is skipped, so a store is reused across runs.
@@ -60,7 +60,7 @@ from cpfs.records import IngestResult
 from cpfs.run_folder import RunFolder
 from cpfs.train import train
 from cpfs.config import TrainConfig
-from cpfs.video import discover, sample_videos
+from cpfs.discovery import discover, sample_videos
 
 REPO = Path(__file__).resolve().parents[1]
 # Training frames only: ../shared/data/davis/ is the DAVIS evaluation and is never trained on.

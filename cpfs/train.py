@@ -12,6 +12,9 @@ Reading order: ``build_model`` / ``CPFSObjective`` / ``build_optimizer`` / ``bui
 Outputs in the run folder (``cpfs.run_folder.RunFolder`` owns the names): the metrics log (one JSON object per
 logged step) and the checkpoints.
 
+Length (~430 lines, a little over the project's ~400): the step, the loop and the resume logic that its
+bit-exact determinism depends on are read together; the checkpoint and run-folder code already moved out.
+
 Determinism (CPU): with the same config, store and thread count, a run is bit-for-bit repeatable, and a run
 interrupted after s steps and resumed gives the same parameters and losses as an uninterrupted one, with any
 ``num_workers``: model init is seeded; item order is a pure function of (seed, draw number)

@@ -49,7 +49,7 @@ def _fail_preflight(e: PreflightError, flags: dict, config_file: Path | None, kn
 
 def _settings_conflict(check, *args: Any) -> None:  # noqa: ANN001
     """Run a stored-settings check; a conflict is reported as it is (it names every flag), exit 2."""
-    from cpfs.ingest import SettingsConflictError
+    from cpfs.ingest_settings import SettingsConflictError
 
     try:
         check(*args)
@@ -66,7 +66,7 @@ def ingest(
     **fields: Any,
 ) -> None:
     """Decode videos, compute optical flow, write frame and flow shards to the Zarr store."""
-    from cpfs.ingest import check_stored_settings
+    from cpfs.ingest_settings import check_stored_settings
     from cpfs.pipeline import check_ingest
 
     extra = {"inputs": list(inputs)} if inputs else {}

@@ -32,7 +32,7 @@ from cpfs.ingest import IngestPlan
 from cpfs.progress import progress_bar
 from cpfs.pipeline import with_concrete_backend, with_default_inputs
 from cpfs.records import IngestResult, IngestSummary, VideoSource
-from cpfs.video import discover
+from cpfs.discovery import discover
 from storage import VideoStore
 from tasks.ingest import finalize_video, identify_video, prepare_video, process_range, write_index
 

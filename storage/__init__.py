@@ -7,7 +7,9 @@ It never imports Prefect.
 
 from .fixed_point import decode_flow, encode_flow
 from .layout import ARRAY_NAMES, FORMAT_VERSION, MARKER_KINDS, ArraySpec, video_arrays
-from .store import BeginStatus, IndexEntry, StoreIndex, VideoStore
+from .index import IndexEntry, StoreIndex
+from .records import BeginStatus
+from .store import VideoStore
 
 __all__ = [
     "ARRAY_NAMES",

@@ -1,7 +1,7 @@
 """The Zarr v3 layout of the CPFS store, defined once: paths, shapes, chunks, shards, dtypes, codecs.
 
     <store>/zarr.json                         root group; attrs {"cpfs_store": {"format_version": 1},
-                                                                  "index": {...}  (see storage.store)}
+                                                                  "index": {...}  (see storage.index)}
     <store>/videos/<video_id>/                one group per video; attrs: provenance and "status"
         frames      (T, H, W, 3)  uint8       decoded RGB frames
         flow        (T-1, H, W, 2) int16      flow from frame t to t+1, fixed point (storage.fixed_point);
@@ -72,7 +72,7 @@ from cpfs import motion
 FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
 ROOT_ATTR = "cpfs_store"  # root group attribute that marks a CPFS store: {"format_version": 1}
-INDEX_ATTR = "index"  # root group attribute holding the store index (storage.store.StoreIndex)
+INDEX_ATTR = "index"  # root group attribute holding the store index (storage.index.StoreIndex)
 VIDEOS = "videos"  # group holding one group per video
 DONE = "done"  # group inside a video holding the per-range markers
 CLIPPED = "clipped"  # group inside a video holding per-shard clipped-pixel counts

@@ -12,9 +12,10 @@ from prefect.cache_policies import NO_CACHE
 
 from cpfs import ingest as lib
 from cpfs.config import IngestConfig
+from cpfs.discovery import content_id
 from cpfs.errors import VideoError
+from cpfs.ingest_settings import SettingsConflictError
 from cpfs.records import FrameRange, IngestResult, VideoSource
-from cpfs.video import content_id
 from storage import VideoStore
 
 
@@ -22,7 +23,7 @@ def _transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's retry_
     """Retry unless the failure is a bad video: those fail the same way every time."""
     try:
         state.result()
-    except (VideoError, lib.SettingsConflictError):
+    except (VideoError, SettingsConflictError):
         return False
     except Exception:  # noqa: BLE001
         return True

@@ -33,7 +33,8 @@ def _pairs(n: int = 3, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
     import cv2
 
     from cpfs.config import DecodeConfig
-    from cpfs.video import decode_stream, sample_videos
+    from cpfs.discovery import sample_videos
+    from cpfs.video import decode_stream
 
     src = VideoSource(str(sample_videos()[0]), "file")
     frames = np.stack(list(decode_stream(src, DecodeConfig(short_side=None), 100, 101 + n)))

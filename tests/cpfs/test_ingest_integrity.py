@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 
 from cpfs.config import IngestConfig
-from cpfs.ingest import (
-    SettingsConflictError,
-    check_stored_settings,
-    ingest_video,
-    prepare_video,
-    settings_conflicts,
-)
+from cpfs.ingest import ingest_video, prepare_video
+from cpfs.ingest_settings import SettingsConflictError, check_stored_settings, settings_conflicts
 from cpfs.records import VideoSource
 from storage import VideoStore, layout
 from tests.helpers import ffmpeg

@@ -1,4 +1,5 @@
-"""Tests of cpfs.video with the real ffmpeg binary (imageio-ffmpeg) on real and generated videos."""
+"""Tests of cpfs.discovery, cpfs.probe and cpfs.video with the real ffmpeg binary (imageio-ffmpeg) on real and
+generated videos."""
 
 from __future__ import annotations
 
@@ -16,21 +17,11 @@ import pytest
 from PIL import Image
 
 from cpfs.config import DecodeConfig
+from cpfs.discovery import content_id, discover, list_frames, sample_videos
 from cpfs.errors import VideoError
+from cpfs.probe import expected_frame_count, output_size, probe
 from cpfs.records import VideoMeta, VideoSource
-from cpfs.video import (
-    content_id,
-    decode,
-    decode_range,
-    decode_stream,
-    discover,
-    expected_frame_count,
-    list_frames,
-    output_size,
-    probe,
-    sample_videos,
-    seek_points,
-)
+from cpfs.video import decode, decode_range, decode_stream, seek_points
 from cpfs.video import _command  # only to check which demuxer reads a frame folder
 from imageio_ffmpeg import get_ffmpeg_exe
 
