@@ -271,34 +271,16 @@ def decode(source: VideoSource, cfg: DecodeConfig, meta: VideoMeta | None = None
 
 def decode_range(source: VideoSource, cfg: DecodeConfig, start: int, stop: int,
                  meta: VideoMeta | None = None) -> np.ndarray:
-    """Frames [start, stop) of ``decode(source, cfg)`` as one (n, H, W, 3) uint8 array.
-
-    Exactly ``np.stack(list(decode(source, cfg))[start:stop])``: the select filter keeps decoded frame n
-    when ``n mod step == 0 and start*step <= n < stop*step`` (before scaling), ``-frames:v`` stops ffmpeg
-    after the range. Decoding runs from the start of the video (no seeking: always frame-accurate).
-    Like a slice, a range reaching past the end gives the frames that exist.
-    """
-    if not 0 <= start < stop:
-        raise ValueError(f"decode_range needs 0 <= start < stop, got [{start}, {stop}) for {source.path}")
+    """Frames [start, stop) of ``decode(source, cfg)`` as one (n, H, W, 3) uint8 array: ``decode_stream``
+    without seeking (always frame-accurate), collected. Like a slice, a range reaching past the end gives the
+    frames that exist."""
     if meta is None:
         meta = probe(source, timeout_s=cfg.timeout_s)
-    if source.kind == "file":
-        _check_file(source.path)
-    w, h = output_size(meta, cfg)
-    if cfg.max_frames is not None:
-        stop = min(stop, cfg.max_frames)
-    total = expected_frame_count(meta, cfg)
-    if total is not None:
-        stop = min(stop, total)
-    if start >= stop:
+    frames = list(decode_stream(source, cfg, start, stop, meta))
+    if not frames:
+        w, h = output_size(meta, cfg)
         return np.empty((0, h, w, 3), dtype=np.uint8)
-    s = cfg.step
-    select = f"not(mod(n,{s}))*gte(n,{start * s})*lt(n,{stop * s})"
-    out = np.empty((stop - start, h, w, 3), dtype=np.uint8)  # filled in place: no second copy of the range
-    n = 0
-    for n, frame in enumerate(_run(source, cfg, meta, select, stop - start, stop - start if total is not None else None), 1):
-        out[n - 1] = frame
-    return out[:n]
+    return np.stack(frames)
 
 
 # ------------------------------------------------------------------------------------------- seeking
@@ -356,7 +338,7 @@ def decode_stream(source: VideoSource, cfg: DecodeConfig, start: int, stop: int,
 
     From frame 0 this is ``decode`` capped at ``stop``. From a later frame: with its ``seek`` point
     (``seek_points``), ffmpeg jumps to a key frame before it and cuts at its timestamp; without one,
-    ffmpeg decodes from the start and selects the range (``decode_range``'s filter), always exact.
+    ffmpeg decodes from the start and selects the range with a select filter, always exact.
     Like a slice, a range reaching past the end gives the frames that exist; fewer frames than that
     raise VideoError "truncated".
     """

@@ -60,6 +60,19 @@ def _failure(source: str, exc: BaseException) -> IngestResult:
     return IngestResult(source=source, status="failed", error=str(exc) or type(exc).__name__)
 
 
+def _succeeded(submitted: list, results: list[IngestResult], logger) -> list:  # noqa: ANN001
+    """``(source, value)`` of each ``(source, future)`` whose task succeeded; a failed one is logged and
+    appended to ``results`` as that source's failure (a bad video fails alone)."""
+    ok = []
+    for source, fut in submitted:
+        try:
+            ok.append((source, fut.result()))
+        except Exception as e:  # noqa: BLE001 - a bad video fails alone
+            logger.error("video failed: %s", e)
+            results.append(_failure(source.path, e))
+    return ok
+
+
 @flow(name="ingest-videos", log_prints=False)
 def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[IngestResult]:
     """Prepare every video, process all of their shard ranges in parallel, finalize each video as soon
@@ -73,26 +86,13 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
     first_of: dict[str, VideoSource] = {}
     duplicates: list[tuple[VideoSource, VideoSource]] = []
     unique: list[tuple[VideoSource, str]] = []
-    for source, fut in [(s, identify_video.submit(s)) for s in sources]:
-        try:
-            vid = fut.result()
-        except Exception as e:  # noqa: BLE001 - a bad video fails alone
-            logger.error("video failed: %s", e)
-            results.append(_failure(source.path, e))
-            continue
+    for source, vid in _succeeded([(s, identify_video.submit(s)) for s in sources], results, logger):
         if vid in first_of:
             duplicates.append((source, first_of[vid]))
         else:
             first_of[vid] = source
             unique.append((source, vid))
-    prepared = [(s, prepare_video.submit(s, config, vid)) for s, vid in unique]
-    for source, fut in prepared:
-        try:
-            out = fut.result()
-        except Exception as e:  # noqa: BLE001 - a bad video fails alone
-            logger.error("video failed: %s", e)
-            results.append(_failure(source.path, e))
-            continue
+    for source, out in _succeeded([(s, prepare_video.submit(s, config, vid)) for s, vid in unique], results, logger):
         if isinstance(out, IngestResult):
             logger.info("already complete, skipped: %s (%s)", out.source, out.video_id)
             results.append(out)
