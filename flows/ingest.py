@@ -11,7 +11,8 @@ run ends Failed with a message listing the failed videos. Nothing stored earlier
 complete video found damaged (a lost or altered shard), which is ingested again. Inputs with the same
 content (a file and its copy) are one video: it is processed once, and every input gets its own result.
 
-The local Dask cluster listens on loopback only, and serves no dashboard (see ``task_runner_for``).
+The local Dask cluster listens on loopback only, and serves no dashboard (see ``task_runner_for``). No Dask
+worker of an ingest runs the statistical profiler on a Python where it can deadlock (``flows.dask_workers``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from cpfs.progress import progress_bar
 from cpfs.pipeline import with_concrete_backend, with_default_inputs
 from cpfs.records import IngestResult, IngestSummary, VideoSource
 from cpfs.discovery import discover
+from flows.dask_workers import guard_cluster, without_worker_profiler
 from storage import VideoStore
 from tasks.ingest import finalize_video, identify_video, prepare_video, process_range, write_index
 
@@ -196,7 +198,10 @@ def ingest(config: IngestConfig = IngestConfig()) -> IngestSummary:  # noqa: B00
     logger.info("ingesting %d source(s) into %s with %s", len(sources), config.store.path, backend)
     results = [IngestResult(source=e.path, status="failed", error=str(e)) for e in errors]
     if sources:
-        results += ingest_videos.with_options(task_runner=task_runner_for(config))(sources, config)
+        if config.dask_address:  # an existing cluster: its workers on an affected Python stop their profiler
+            guard_cluster(config.dask_address)
+        with without_worker_profiler():  # the local cluster, created when the subflow starts
+            results += ingest_videos.with_options(task_runner=task_runner_for(config))(sources, config)
     version = write_index(config)
     summary = IngestSummary(store=config.store.path, results=tuple(results), index_version=version, backend=backend)
     create_table_artifact(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cpfs.config import IngestConfig
+from flows.dask_workers import profiler_deadlocks
 from flows.server_process import free_port
 from storage import VideoStore
 from tests.flows.conftest import api_of, dask_command, wait_until
@@ -101,6 +102,11 @@ def test_ingest_runs_its_tasks_on_the_workers_of_an_existing_cluster(real_prefec
     assert len(executed) == N_WORKERS
     assert sum(executed.values()) >= sum(expected.values()), executed
     assert all(n > 0 for n in executed.values()), f"a worker ran nothing: {executed}"
+    # Where CPython can deadlock in the workers' statistical profiler (python/cpython#106883; it hung this test
+    # once in twelve runs on 3.11.7), the ingest stopped it on every worker, and said so in the worker's log.
+    for i in range(N_WORKERS):
+        said = "statistical profiler of this worker stopped" in processes.log(f"worker-{i}")
+        assert said is profiler_deadlocks(), processes.log(f"worker-{i}")[-2000:]
 
     stored = VideoStore.open(cfg.store, create=False)
     assert len(stored.complete_ids()) == 2
