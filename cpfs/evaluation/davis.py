@@ -56,6 +56,7 @@ from torch import Tensor
 
 from cpfs.evaluation.datasets import list_davis_sequences, load_image, load_images, load_mask, read_davis_sequence
 from cpfs.evaluation.features import FeatureFn, compute_features, grid_size, upsample_features
+from cpfs.evaluation.segmentation import class_map
 
 BOUNDARY_TOLERANCE = 0.008  # DAVIS: contour match tolerance as a fraction of the image diagonal
 
@@ -428,19 +429,7 @@ def iter_segment_sequence(
             gt = load_mask(masks[t])
             if gt.shape != full:
                 raise ValueError(f"{masks[t]}: annotation is {gt.shape[0]}x{gt.shape[1]}, frame 0's is {full[0]}x{full[1]}")
-            yield t, _argmax_labels(up[0]), gt
-
-
-def _argmax_labels(scores: Tensor) -> np.ndarray:
-    """``scores.argmax(0)`` of ``(K, H, W)`` as int64 ``(H, W)``, the first maximum winning ties as argmax does;
-    a running comparison, since torch's argmax over a leading dimension is ~300 times slower at 480p."""
-    best = scores[0].clone()
-    label = torch.zeros(scores.shape[1:], dtype=torch.int64)
-    for k in range(1, scores.shape[0]):
-        better = scores[k] > best
-        label.masked_fill_(better, k)
-        torch.maximum(best, scores[k], out=best)
-    return label.numpy()
+            yield t, class_map(up[0]), gt
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cpfs.model import AlexNetTrunk, CPFSModel, sample_hypercolumns
+from cpfs.model import AlexNetTrunk, CPFSModel, sample_on_grid
 
 FeatureCallable = Callable[[Tensor, "Tensor | None"], Tensor]
 
@@ -131,11 +131,10 @@ def hypercolumn_features(
     layers: Sequence[str] = ("conv1", "conv2", "conv3", "conv4", "conv5"),
     stride: int = 4,
     name: str = "hypercolumn",
-    chunk: int = 4096,
 ) -> FeatureFn:
     """A frozen trunk's hypercolumns on the grid: ``(B, sum_l C_l, Hg, Wg)``.
 
-    Each layer's map is read at the grid pixels with ``cpfs.model.sample_hypercolumns`` (bilinear in the
+    Each layer's map is read at the grid pixels with ``cpfs.model.sample_on_grid`` (bilinear in the
     layer's own receptive-field geometry), L2-normalised over its channels and divided by
     ``sqrt(len(layers))``, so every layer weighs the same in dot products (label propagation) whatever its
     channel count or activation scale, and the hypercolumn has unit norm. Runs in eval mode, no gradients.
@@ -149,20 +148,14 @@ def hypercolumn_features(
         was_training = trunk.training
         trunk.eval()
         try:
-            b, _, height, width = images.shape
+            _, _, height, width = images.shape
             maps = trunk.features(images, layers)
-            grid = pixel_grid((height, width), stride, images.device).unsqueeze(0).expand(b, -1, -1)  # (B, G, 2)
-            parts = []
-            for start in range(0, grid.shape[1], chunk):
-                pts = grid[:, start : start + chunk]
-                per_layer = [
-                    F.normalize(sample_hypercolumns(maps, [layer], pts, (height, width), trunk.geometry), dim=-1)
-                    for layer in layers
-                ]  # each (B, n, C_l), unit norm
-                parts.append(torch.cat(per_layer, dim=-1) / math.sqrt(len(layers)))
-            cols = torch.cat(parts, dim=1)  # (B, G, sum C)
-            hg, wg = grid_size((height, width), stride)
-            return cols.transpose(1, 2).reshape(b, -1, hg, wg)
+            dtype = maps[layers[0]].dtype
+            ys = torch.arange(0, height, stride, device=images.device).to(dtype)
+            xs = torch.arange(0, width, stride, device=images.device).to(dtype)
+            cols = [F.normalize(sample_on_grid(maps[layer], trunk.geometry[layer], xs, ys), dim=1)
+                    for layer in layers]  # each (B, C_l, Hg, Wg), unit norm over its channels
+            return torch.cat(cols, dim=1) / math.sqrt(len(layers))  # (B, sum C, Hg, Wg)
         finally:
             trunk.train(was_training)
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -18,14 +19,43 @@ from cpfs.records import FrameRange
 from storage import VideoStore
 
 
+# Bytes of decoded single frames and flows a PairSubset keeps. The protocols read every held-out pair once per
+# source and seed (flow alignment: 7 sources x 3 seeds at 96 pairs of ~1 MB at 256 x 340): reading each once
+# instead took ~15 s of zarr decompression off the demo evaluation (bench/eval_profile.py). 96 pairs fit.
+CACHE_BYTES = 256 * 2**20
+
+
 class PairSubset:
     """A read-only view of a ``VideoStore`` in which only the ``allowed`` pairs of each video are usable
-    (``None``: every pair of that video). Frames and flow are read from the store as is."""
+    (``None``: every pair of that video). Frames and flow are read from the store as is; single frames and
+    flows (what ``load_pair`` reads) are kept, least recently used first out, up to ``cache_bytes``, and
+    returned as copies."""
 
-    def __init__(self, store: VideoStore, allowed: Mapping[str, Sequence[int] | None]) -> None:
+    def __init__(self, store: VideoStore, allowed: Mapping[str, Sequence[int] | None],
+                 cache_bytes: int = CACHE_BYTES) -> None:
         self.store = store
         self.path: Any = store.path
         self.allowed = {vid: None if pairs is None else frozenset(int(t) for t in pairs) for vid, pairs in allowed.items()}
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
+        self._cached_bytes = 0
+
+    def _read(self, kind: str, video_id: str, start: int, stop: int) -> np.ndarray:
+        read = self.store.read_frames if kind == "frames" else self.store.read_flow
+        if stop - start != 1 or self.cache_bytes <= 0:
+            return read(video_id, start, stop)
+        key = (kind, video_id, start)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = read(video_id, start, stop)
+            self._cache[key] = hit
+            self._cached_bytes += hit.nbytes
+            while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= old.nbytes
+        else:
+            self._cache.move_to_end(key)
+        return hit.copy()
 
     @classmethod
     def from_ranges(cls, store: VideoStore, ranges: Sequence[FrameRange], min_moving_fraction: float = 0.0) -> "PairSubset":
@@ -58,10 +88,10 @@ class PairSubset:
         return cut
 
     def read_frames(self, video_id: str, start: int, stop: int) -> np.ndarray:
-        return self.store.read_frames(video_id, start, stop)
+        return self._read("frames", video_id, start, stop)
 
     def read_flow(self, video_id: str, start: int, stop: int) -> np.ndarray:
-        return self.store.read_flow(video_id, start, stop)
+        return self._read("flow", video_id, start, stop)
 
 
 def motion_probe_halves(heldout: PairSubset, pairs_per_video: int) -> tuple[PairSubset, PairSubset]:

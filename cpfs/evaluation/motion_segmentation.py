@@ -28,7 +28,7 @@ import torch
 from cpfs.evaluation.features import FeatureFn, features_at, upsample_features
 from cpfs.evaluation.linear import LinearClassifier, fit_linear_classifier
 from cpfs.evaluation.pairs import FramePair, PairStore, load_pair, select_pairs
-from cpfs.evaluation.segmentation import confusion_matrix, mean_iou
+from cpfs.evaluation.segmentation import class_map, confusion_matrix, mean_iou
 
 
 def motion_labels(flow: np.ndarray, threshold: float = 1.0) -> np.ndarray:
@@ -153,7 +153,7 @@ def motion_segmentation_probe(
             c, hg, wg = feat.shape[1:]
             logits = clf.logits(feat[0].reshape(c, -1).T).T.reshape(1, 2, hg, wg)  # (1, 2, Hg, Wg)
             full = upsample_features(logits, stride, labels.shape)  # (1, 2, H, W)
-            pair_conf = confusion_matrix(full[0].argmax(0).numpy(), labels, 2)
+            pair_conf = confusion_matrix(class_map(full[0]), labels, 2)
             conf += pair_conf
             union = pair_conf[1, :].sum() + pair_conf[:, 1].sum() - pair_conf[1, 1]
             ious.append(float(pair_conf[1, 1] / union) if union > 0 else 1.0)  # nothing moving, none predicted
@@ -185,4 +185,4 @@ def predict_motion_mask(feature_fn: FeatureFn, clf: LinearClassifier, image: tor
     feat = feature_fn(image, flow).float()
     c, hg, wg = feat.shape[1:]
     logits = clf.logits(feat[0].reshape(c, -1).T).T.reshape(1, -1, hg, wg)
-    return upsample_features(logits, feature_fn.stride, tuple(image.shape[-2:]))[0].argmax(0).numpy()
+    return class_map(upsample_features(logits, feature_fn.stride, tuple(image.shape[-2:]))[0])

@@ -203,6 +203,26 @@ def test_dense_embedding_matches_forward_on_the_grid():
         torch.testing.assert_close(dense[:, :, i, j], direct[:, n], rtol=1e-5, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("hidden", [16, 256, 4096])
+def test_dense_embedding_projects_wide_layers_first_and_still_equals_forward(hidden):
+    # hidden 16: every layer is projected before interpolation; 4096: none; 256 (width 0.25): fc7 only.
+    torch.manual_seed(1)
+    model = CPFSModel(CPFSModelConfig(trunk=AlexNetConfig(width=0.25), hidden=hidden))
+    with torch.no_grad():  # BatchNorm statistics away from 0/1, so the head's BN is not the identity
+        model.head.bn.running_mean.uniform_(-0.5, 0.5)
+        model.head.bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    images = torch.rand(1, 3, 67, 83)
+    dense = model.dense_embedding(images, stride=4, chunk=1)  # one row per block
+    ij = [(0, 0), (16, 20), (7, 13), (3, 1)]
+    pts = torch.tensor([[4 * j, 4 * i] for i, j in ij]).unsqueeze(0)
+    with torch.no_grad():
+        direct = model(images, pts)
+    for n, (i, j) in enumerate(ij):
+        torch.testing.assert_close(dense[0, :, i, j], direct[0, n], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.dense_embedding(images, stride=4), dense, rtol=0, atol=1e-6)
+
 # --- point sampling --------------------------------------------------------------------------------------
 
 

@@ -57,3 +57,43 @@ def test_errors() -> None:
         motion_statistics(np.zeros((4, 5, 3)))
     with pytest.raises(ValueError, match="unknown motion statistic 'speed'"):
         column(np.zeros(5), "speed")
+
+
+def _numpy_statistics(f: np.ndarray) -> np.ndarray:
+    """The statistics with numpy's own median and percentile calls (the first implementation, kept here as
+    the reference the fast one has to equal bit for bit: stored statistics must not depend on the code path)."""
+    ys, xs = sample_grid(*f.shape[:2])
+    p = f[ys, xs]
+    i, j = np.triu_indices(p.shape[0], k=1)
+    d = (p[i] - p[j]).astype(np.float64)
+    spread = float(np.median(np.sqrt(np.square(d[:, 0]) + np.square(d[:, 1]))))
+    flat = f.reshape(-1, 2)
+    med = np.median(flat, axis=0)
+    sq = np.square(flat - med)
+    own = np.sqrt(sq[:, 0] + sq[:, 1])
+    mag = np.sqrt(np.square(flat[:, 0]) + np.square(flat[:, 1]))
+    p50, p90, p99 = np.percentile(mag, (50, 90, 99))
+    return np.array([spread, float((own >= MOVING_PX).mean()), p50, p90, p99], dtype=np.float32)
+
+
+@pytest.mark.parametrize("case", range(120))
+def test_the_statistics_equal_numpys_median_and_percentile_bit_for_bit(case: int) -> None:
+    rng = np.random.default_rng(case)
+    h, w = rng.integers(1, 50, 2) if case % 3 else rng.integers(40, 200, 2)
+    f = (rng.standard_normal((h, w, 2)) * rng.uniform(0.01, 20)).astype(np.float32)
+    if case % 4 == 1:
+        f = np.round(f)  # many ties
+    elif case % 4 == 2:
+        f[:] = 1.5  # constant
+    elif case % 4 == 3:
+        f[: h // 2] += 5.0  # two motions
+    got, want = motion_statistics(f), _numpy_statistics(f)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_a_field_with_nan_gives_numpys_nan_statistics() -> None:
+    f = np.random.default_rng(0).standard_normal((20, 30, 2)).astype(np.float32)
+    f[3, 4, 0] = np.nan
+    got, want = motion_statistics(f), _numpy_statistics(f)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got).any()

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from cpfs.evaluation.baselines import colour_features, position_features, random_init_model
+from cpfs.evaluation.segmentation import class_map
 from cpfs.evaluation.davis import (
     LabelPropagator,
-    _argmax_labels,
     contour_accuracy_f,
     davis_protocol,
     labels_to_grid,
@@ -147,11 +147,12 @@ def test_propagator_rejects_bad_input() -> None:
         propagate_labels(f.unsqueeze(0), l0, temperature=0.0)
 
 
-def test_argmax_labels_is_torch_argmax_first_maximum_on_ties() -> None:
+def test_class_map_is_torch_argmax_first_maximum_on_ties() -> None:
     scores = torch.tensor([[[0.2, 0.5, 0.5]], [[0.7, 0.5, 0.1]], [[0.7, 0.1, 0.6]]])  # (3, 1, 3); ties in 2 pixels
-    assert _argmax_labels(scores).tolist() == scores.argmax(0).tolist() == [[1, 0, 2]]
-    rnd = torch.rand(4, 30, 40)
-    assert np.array_equal(_argmax_labels(rnd), rnd.argmax(0).numpy())
+    assert class_map(scores).tolist() == scores.argmax(0).tolist() == [[1, 0, 2]]
+    for k in (1, 2, 4):
+        rnd = torch.rand(k, 30, 40)
+        assert np.array_equal(class_map(rnd), rnd.argmax(0).numpy())
 
 
 def test_identical_frames_propagate_the_first_mask_unchanged() -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from cpfs.model import sample_hypercolumns
 from cpfs.evaluation.baselines import colour_features, flow_oracle_features, position_features, random_init_model, rgb_to_lab
 from cpfs.evaluation.features import (
     FeatureFn,
@@ -88,6 +89,22 @@ def test_network_features_have_the_grid_shape_and_unit_norm() -> None:
     assert torch.allclose(hyper.norm(dim=1), torch.ones(2, 8, 9), atol=1e-4)
     assert model.training is False and model.trunk.training is False
 
+
+
+def test_hypercolumns_on_the_grid_are_the_sampled_hypercolumns_per_layer_normalised() -> None:
+    # The definition, point by point: sample_hypercolumns at the grid pixels, each layer L2-normalised, / sqrt(L).
+    model = random_init_model(width=0.25, seed=2)
+    images = torch.rand(2, 3, 67, 77)
+    layers = ("conv1", "conv2", "conv5")
+    hyper = hypercolumn_features(model.trunk, layers, stride=4)(images)
+    with torch.no_grad():
+        maps = model.trunk.features(images, layers)
+    ys, xs = torch.arange(0, 67, 4), torch.arange(0, 77, 4)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    pts = torch.stack([gx, gy], dim=-1).view(1, -1, 2).expand(2, -1, -1)
+    ref = torch.cat([torch.nn.functional.normalize(sample_hypercolumns(maps, [l], pts, (67, 77), model.trunk.geometry), dim=-1)
+                     for l in layers], dim=-1) / 3 ** 0.5  # (2, G, C)
+    torch.testing.assert_close(hyper, ref.transpose(1, 2).reshape(2, -1, len(ys), len(xs)), rtol=0, atol=1e-6)
 
 def test_random_init_model_is_seeded_and_leaves_global_rng_alone() -> None:
     torch.manual_seed(123)

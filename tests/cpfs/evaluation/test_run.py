@@ -240,6 +240,33 @@ def test_pair_subset_hides_pairs_outside_a_frame_range(trained) -> None:
     assert np.array_equal(view.read_frames("video1", 5, 6), store.read_frames("video1", 5, 6))
 
 
+
+def test_pair_subset_reads_each_single_pair_from_the_store_once_and_hands_out_copies(trained, monkeypatch) -> None:
+    store_cfg, _ = trained
+    store = VideoStore.open(store_cfg, create=False)
+    reads: list[tuple] = []
+    for name in ("read_frames", "read_flow"):
+        real = getattr(store, name)
+        monkeypatch.setattr(store, name, lambda vid, a, b, real=real, name=name: reads.append((name, vid, a, b)) or real(vid, a, b))
+    frame_bytes = H * W * 3
+    view = PairSubset(store, {"video1": None}, cache_bytes=2 * frame_bytes + H * W * 2 * 4)  # 2 frames + 1 flow
+    first = view.read_frames("video1", 3, 4)
+    first[:] = 0  # a caller writing into what it got changes nothing kept
+    again = view.read_frames("video1", 3, 4)
+    assert np.array_equal(again, store.read_frames("video1", 3, 4)) and again.any()
+    assert np.array_equal(view.read_flow("video1", 3, 4), store.read_flow("video1", 3, 4))
+    assert reads.count(("read_frames", "video1", 3, 4)) == 2 and reads.count(("read_flow", "video1", 3, 4)) == 2
+    view.read_frames("video1", 4, 5)  # still fits: frames 3 and 4, flow 3
+    view.read_frames("video1", 5, 6)  # over the budget: the least recently used (frames 3) goes
+    n = len(reads)
+    view.read_frames("video1", 4, 5)
+    assert len(reads) == n  # kept
+    view.read_frames("video1", 3, 4)
+    assert reads[-1] == ("read_frames", "video1", 3, 4)  # read again
+    view.read_frames("video1", 2, 5)  # ranges are read from the store, never kept
+    assert reads[-1] == ("read_frames", "video1", 2, 5)
+    assert view._cached_bytes <= view.cache_bytes
+
 def test_batchnorm_recalibration_matches_the_batch_statistics() -> None:
     model = random_init_model(CPFSModelConfig(trunk=AlexNetConfig(width=0.125)), seed=3)
     conv_weight = model.trunk.conv1.conv.weight.clone()
