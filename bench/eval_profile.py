@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -78,6 +80,7 @@ def profile(args: argparse.Namespace) -> None:
 
 def _one(tree: Path, args: argparse.Namespace, out: Path) -> dict:
     """``cpfs evaluate`` from ``tree`` in a fresh process (and a fresh Prefect home); its resource use."""
+    (out / "prefect").mkdir(parents=True)  # Prefect creates its home, not the folders above it
     env = {**os.environ, "PYTHONPATH": str(tree), "PREFECT_HOME": str(out / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
     env.pop("PREFECT_API_URL", None)
@@ -90,7 +93,7 @@ def _one(tree: Path, args: argparse.Namespace, out: Path) -> dict:
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise SystemExit(f"{tree}: cpfs evaluate failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{tree}: cpfs evaluate failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[:3000]}\n...\n{proc.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"cpu": cpu, "wall": wall, "rss_gb": after.ru_maxrss / 2**20, "results": out / "eval" / "results.json"}
 
@@ -124,12 +127,19 @@ def compare(args: argparse.Namespace) -> None:
         a = _numbers(json.loads(runs["before"][0]["results"].read_text())["protocols"])
         b = _numbers(json.loads(runs["after"][0]["results"].read_text())["protocols"])
         differ = [k for k in a.keys() | b.keys() if k not in a or k not in b or abs(a[k] - b[k]) > args.atol]
+        common = [k for k in a.keys() & b.keys() if np.isfinite(a[k]) and np.isfinite(b[k])]
+        worst = max(common, key=lambda k: abs(a[k] - b[k]), default=None)
+        heads = {k: (a[k], b[k]) for k in sorted(common) if k.endswith("/paired/mean")}
     for key in ("cpu", "wall"):
         mb = sum(r[key] for r in runs["before"]) / args.repeats
         ma = sum(r[key] for r in runs["after"]) / args.repeats
         print(f"{key:<5} before {mb:7.1f} s   after {ma:7.1f} s   after/before {ma / mb:.3f}")
     print(f"results.json: {len(a)} numbers before, {len(b)} after, {len(differ)} differ by more than {args.atol}"
-          + (": " + ", ".join(sorted(differ)[:10]) if differ else ""))
+          + (": " + ", ".join(sorted(differ)[:5]) + " ..." if differ else ""))
+    if worst is not None:
+        print(f"largest difference: {abs(a[worst] - b[worst]):.3g} at {worst} ({a[worst]!r} -> {b[worst]!r})")
+    for k, (x, y) in heads.items():
+        print(f"  {k}: before {x:.6f}  after {y:.6f}")
 
 
 def main() -> None:
