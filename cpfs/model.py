@@ -394,6 +394,7 @@ class CPFSModel(nn.Module):
             dtype = maps[self.layers[0]].dtype
             ys = torch.arange(0, height, stride, device=images.device).to(dtype)
             xs = torch.arange(0, width, stride, device=images.device).to(dtype)
+            assert self.head.fc1.bias is None  # a bias would have to be added once, after the sum over layers
             weight = self.head.fc1.weight  # (hidden, sum C): one column block per layer, in self.layers order
             hidden = weight.shape[0]
             sources = []  # per layer: (map to interpolate, its geometry, the projection still to apply or None)
