@@ -14,6 +14,13 @@ import os
 # longer than Prefect's default 20 s to come up on a small machine, and there is no network for analytics.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect creates its home folder but not the folders above it; with a PREFECT_HOME whose parent is missing it
+# only warns, and its temporary server then fails minutes later with "Timed out while attempting to connect".
+if os.environ.get("PREFECT_HOME"):
+    try:
+        os.makedirs(os.path.expanduser(os.environ["PREFECT_HOME"]), exist_ok=True)
+    except OSError:
+        pass  # not creatable: Prefect's own warning names the folder
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402

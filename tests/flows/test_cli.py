@@ -5,6 +5,9 @@ starts; every TrainConfig field is a flag; ``cpfs evaluate --config`` keeps the 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +229,15 @@ def test_a_permanent_evaluation_error_is_not_retried():
     assert transient_failure(Failed(data=RuntimeError("worker lost")))
     for task in PROTOCOL_TASKS.values():
         assert task.retries == 1 and task.retry_condition_fn is not None
+
+
+def test_a_prefect_home_in_a_missing_folder_is_created(tmp_path):
+    # Prefect makes its home but not the folders above it; its temporary server then times out minutes later.
+    home = tmp_path / "not" / "yet" / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    out = subprocess.run([sys.executable, "-c", "import flows.cli, prefect.settings as s; "
+                          "print(s.PREFECT_HOME.value())"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert home.is_dir() and "Failed to create the Prefect home directory" not in out.stderr
+    assert out.stdout.strip() == str(home)
