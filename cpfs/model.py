@@ -286,6 +286,14 @@ def sample_hypercolumns(
     return torch.cat(columns, dim=-1)  # (B, N, sum C)
 
 
+def grid_pixels(image_size: tuple[int, int], stride: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows ``ys`` and columns ``xs`` of the pixel grid of an ``(H, W)`` image at ``stride`` (grid cell
+    ``(i, j)`` is pixel ``(xs[j], ys[i]) = (j * stride, i * stride)``), in ``like``'s dtype and device."""
+    ys = torch.arange(0, image_size[0], stride, device=like.device).to(like.dtype)
+    xs = torch.arange(0, image_size[1], stride, device=like.device).to(like.dtype)
+    return ys, xs
+
+
 def sample_on_grid(fmap: Tensor, geometry: LayerGeometry, xs: Tensor, ys: Tensor) -> Tensor:
     """A layer's map read at every pixel ``(xs[j], ys[i])`` of a regular grid: ``(B, C, h, w) ->
     (B, C, len(ys), len(xs))``, channel-major. The same values as ``sample_hypercolumns`` at those pixels
@@ -389,11 +397,9 @@ class CPFSModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            b, _, height, width = images.shape
+            b = images.shape[0]
             maps = self.trunk.features(images, self.layers)
-            dtype = maps[self.layers[0]].dtype
-            ys = torch.arange(0, height, stride, device=images.device).to(dtype)
-            xs = torch.arange(0, width, stride, device=images.device).to(dtype)
+            ys, xs = grid_pixels(tuple(images.shape[-2:]), stride, maps[self.layers[0]])
             assert self.head.fc1.bias is None  # a bias would have to be added once, after the sum over layers
             weight = self.head.fc1.weight  # (hidden, sum C): one column block per layer, in self.layers order
             hidden = weight.shape[0]

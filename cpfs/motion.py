@@ -123,7 +123,8 @@ def motion_statistics(flow: np.ndarray) -> np.ndarray:
     for i in range(n):
         f = flow[i].astype(np.float32, copy=False)  # (H, W, 2)
         flat = f.reshape(-1, 2)
-        if np.isfinite(f).all():
+        finite = bool(np.isfinite(f).all())  # then the magnitudes are NaN-free too (at most inf)
+        if finite:
             spread = _median_pairwise_distance(f[ys, xs])
             # dominant motion (u, v): np.median(flat, axis=0), one component at a time
             med = np.array([_median(np.ascontiguousarray(flat[:, 0])), _median(np.ascontiguousarray(flat[:, 1]))],
@@ -139,7 +140,7 @@ def motion_statistics(flow: np.ndarray) -> np.ndarray:
         own = np.sqrt(sq[:, 0] + sq[:, 1])  # (H*W,) motion relative to the dominant one
         sq = np.square(flat, out=sq)
         mag = np.sqrt(sq[:, 0] + sq[:, 1])  # (H*W,)
-        p50, p90, p99 = _percentiles(np.sort(mag)) if np.isfinite(mag).all() else np.percentile(mag, (50, 90, 99))
+        p50, p90, p99 = _percentiles(np.sort(mag)) if finite else np.percentile(mag, (50, 90, 99))
         out[i] = (spread, float((own >= MOVING_PX).mean()), p50, p90, p99)
     return out[0] if single else out
 

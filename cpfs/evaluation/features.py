@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cpfs.model import AlexNetTrunk, CPFSModel, sample_on_grid
+from cpfs.model import AlexNetTrunk, CPFSModel, grid_pixels, sample_on_grid
 
 FeatureCallable = Callable[[Tensor, "Tensor | None"], Tensor]
 
@@ -109,14 +109,6 @@ def upsample_features(
     return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def pixel_grid(image_size: tuple[int, int], stride: int, device: torch.device | str = "cpu") -> Tensor:
-    """The grid's input pixels as ``(Hg * Wg, 2)`` (x, y), row-major: ``(j * stride, i * stride)``."""
-    ys = torch.arange(0, image_size[0], stride, device=device)
-    xs = torch.arange(0, image_size[1], stride, device=device)
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([gx, gy], dim=-1).view(-1, 2)
-
-
 def model_embedding_features(model: CPFSModel, stride: int = 4, name: str = "cpfs") -> FeatureFn:
     """The model's unit embeddings (``CPFSModel.dense_embedding``): ``(B, D, Hg, Wg)``, frozen, eval mode."""
 
@@ -148,11 +140,8 @@ def hypercolumn_features(
         was_training = trunk.training
         trunk.eval()
         try:
-            _, _, height, width = images.shape
             maps = trunk.features(images, layers)
-            dtype = maps[layers[0]].dtype
-            ys = torch.arange(0, height, stride, device=images.device).to(dtype)
-            xs = torch.arange(0, width, stride, device=images.device).to(dtype)
+            ys, xs = grid_pixels(tuple(images.shape[-2:]), stride, maps[layers[0]])
             cols = [F.normalize(sample_on_grid(maps[layer], trunk.geometry[layer], xs, ys), dim=1)
                     for layer in layers]  # each (B, C_l, Hg, Wg), unit norm over its channels
             return torch.cat(cols, dim=1) / math.sqrt(len(layers))  # (B, sum C, Hg, Wg)
