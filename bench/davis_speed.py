@@ -7,6 +7,7 @@ own child process, so its peak RSS, CPU time and page faults are its own; the pa
 and J and F (which must agree).
 
     .venv/bin/python bench/davis_speed.py [--sequences 2] [--frames 10] [--threads 2] [--impl both|old|new]
+        [--reference COMMIT]   (the "old" implementation: default the first, ac4bc53; any commit's davis.py)
 
 ``--frames 0`` and ``--sequences 0`` mean all. The defaults (1 sequence x 8 frames) take about 2 minutes on
 a shared 2-core machine, mostly the first implementation (~9 s CPU per frame at 240 px, and it holds every
@@ -35,17 +36,18 @@ ALL_SEQUENCES = ("blackswan", "car-shadow", "dog", "libby")
 REFERENCE_COMMIT = "ac4bc5323b3f38cf9708d40e0879b2175b1eadc6"  # the last commit with the first implementation
 
 
-def reference_protocol():  # noqa: ANN201
-    """``davis_protocol`` of the first implementation, loaded from git history (needs a git checkout)."""
+def reference_protocol(commit: str = REFERENCE_COMMIT):  # noqa: ANN201
+    """``davis_protocol`` of ``commit`` (default: the first implementation), loaded from git history (needs a
+    git checkout)."""
     import types
 
     repo = Path(__file__).resolve().parents[1]
-    src = subprocess.run(["git", "show", f"{REFERENCE_COMMIT}:cpfs/evaluation/davis.py"], cwd=repo,
+    src = subprocess.run(["git", "show", f"{commit}:cpfs/evaluation/davis.py"], cwd=repo,
                          capture_output=True, text=True, check=True).stdout
     module = types.ModuleType("davis_reference")
     module.__dict__["__name__"] = "davis_reference"
     sys.modules["davis_reference"] = module  # dataclasses look their module up by name
-    exec(compile(src, f"{REFERENCE_COMMIT[:7]}:cpfs/evaluation/davis.py", "exec"), module.__dict__)
+    exec(compile(src, f"{commit[:7]}:cpfs/evaluation/davis.py", "exec"), module.__dict__)
     return module.davis_protocol
 
 
@@ -58,7 +60,7 @@ def child(args: argparse.Namespace) -> None:
     from cpfs.evaluation.features import hypercolumn_features
 
     if args.impl == "old":
-        davis_protocol = reference_protocol()
+        davis_protocol = reference_protocol(args.reference)
     else:
         from cpfs.evaluation.davis import davis_protocol
 
@@ -85,6 +87,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=240, help="short side of the frames the network sees, px")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--impl", choices=("both", "old", "new"), default="both")
+    p.add_argument("--reference", default=REFERENCE_COMMIT,
+                   help="commit whose cpfs/evaluation/davis.py is 'old' (default: the first implementation)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if not (args.davis / "JPEGImages" / "480p").is_dir():
@@ -96,7 +100,7 @@ def main() -> None:
     rows = {}
     for impl in impls:
         cmd = [sys.executable, __file__, "--child", "--impl", impl, "--davis", str(args.davis), "--sequences",
-               str(args.sequences), "--frames", str(args.frames), "--size", str(args.size), "--threads", str(args.threads)]
+               str(args.sequences), "--frames", str(args.frames), "--size", str(args.size), "--reference", args.reference, "--threads", str(args.threads)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows[impl] = json.loads(out.strip().splitlines()[-1])
     print(f"DAVIS propagation, random-init half-width hypercolumns, {args.size} px, {args.threads} threads, "

@@ -15,6 +15,7 @@ from cpfs.evaluation.baselines import colour_features, position_features, random
 from cpfs.evaluation.segmentation import class_map
 from cpfs.evaluation.davis import (
     LabelPropagator,
+    _topk_grouped,
     contour_accuracy_f,
     davis_protocol,
     labels_to_grid,
@@ -114,6 +115,33 @@ def test_propagation_matches_naive_loop(h: int, w: int, n_context: int, topk: in
     ref = naive_propagate(feats, first, n_context, topk, 0.5, radius)
     assert np.allclose(got.numpy(), ref, atol=1e-5)
     assert torch.allclose(got.sum(1), torch.ones(4, h, w), atol=1e-5)  # soft labels stay distributions
+
+
+@pytest.mark.parametrize(("n", "k", "group"), [(6672, 10, 8), (640, 10, 8), (96, 3, 4), (1000, 1, 8), (64, 10, 8), (100, 5, 8)])
+def test_grouped_topk_equals_topk(n: int, k: int, group: int) -> None:
+    """Same values, same columns, same order as torch.topk: rows with many -inf (candidates outside a disc),
+    a row whose top k all sit in one group, rows of too few groups or not a multiple of the group (topk)."""
+    g = torch.Generator().manual_seed(n + k)
+    x = torch.randn(3, 5, n, generator=g)
+    x.masked_fill_(torch.rand(3, 5, n, generator=g) < 0.6, float("-inf"))
+    if n % group == 0:
+        j = min(k, group)
+        x[0, 0, torch.arange(j) * (n // group)] = 100.0 + torch.arange(j, dtype=torch.float32)  # in group 0
+    want, got = x.topk(k, dim=-1), _topk_grouped(x, k, group)
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(got[1], want[1])
+    assert torch.equal(torch.gather(x, -1, got[1]), got[0])
+
+
+def test_grouped_topk_with_fewer_finite_values_than_k() -> None:
+    """A row with fewer finite values than k returns all of them first, then -inf entries (weight 0 in the
+    softmax): what topk returns, whichever -inf columns it picks."""
+    x = torch.full((1, 2, 800), float("-inf"))
+    x[0, 0, [3, 500, 799]] = torch.tensor([1.0, 3.0, 2.0])
+    top, col = _topk_grouped(x, 10)
+    assert top[0, 0, :3].tolist() == [3.0, 2.0, 1.0] and col[0, 0, :3].tolist() == [500, 799, 3]
+    assert torch.isneginf(top[0, 0, 3:]).all() and torch.isneginf(top[0, 1]).all()
+    assert len(set(col[0, 0].tolist())) == 10  # distinct columns, as topk's
 
 
 def test_tile_and_chunk_change_nothing_but_speed() -> None:
