@@ -265,7 +265,8 @@ class LabelPropagator:
         n_context, topk, temperature, radius: the rule's parameters (see ``propagate_labels``).
         tile: query tile side in cells (speed only: 12 balances matrix-product size against wasted candidates).
         chunk: query cells per affinity block (bounds the work buffers: ``chunk / tile^2`` tiles' M keys of C
-            floats, ``chunk * M`` affinities).
+            floats, ``chunk * R * M`` affinities for R references side by side: 27 MB at the defaults on a
+            240 px frame; with no window, M is the whole grid).
     """
 
     def __init__(
