@@ -144,8 +144,10 @@ def test_serve_on_postgresql_records_a_flow_run_and_stops_on_ctrl_c(postgres_url
     env.pop("PREFECT_API_URL", None)
     code = f"from flows.server_process import serve; raise SystemExit(serve('127.0.0.1', {port}, home=__import__('pathlib').Path({str(home)!r}), ui=False))"
     with open(log, "wb") as out:
+        # SIGINT at its default, as in a terminal (see _start_cpfs_server): run from a background shell
+        # without job control, the child would inherit SIGINT ignored and the Ctrl+C below would do nothing.
         proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_default_sigint)
     try:
         def ready() -> bool:
             return "Press Ctrl+C to stop." in log.read_text(errors="replace")
