@@ -48,12 +48,13 @@ def disc_candidates(hg: int, wg: int, radius: float) -> int:
     """Candidates of every query cell of an hg x wg grid: cells within ``radius`` (the rule's float32 test),
     clipped at the border, summed over the grid."""
     r = int(math.floor(radius))
+    radius32 = float(torch.tensor(radius, dtype=torch.float32))
     ys, xs = torch.arange(hg), torch.arange(wg)
     total = 0
     for dy in range(-r, r + 1):
         rows = int(((ys + dy >= 0) & (ys + dy < hg)).sum())
         for dx in range(-r, r + 1):
-            if not math.sqrt(dy * dy + dx * dx) > float(torch.tensor(radius, dtype=torch.float32)):
+            if not math.sqrt(dy * dy + dx * dx) > radius32:
                 total += rows * int(((xs + dx >= 0) & (xs + dx < wg)).sum())
     return total
 
