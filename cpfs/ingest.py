@@ -42,8 +42,8 @@ from cpfs.flow.metrics import photometric_error
 from cpfs.ingest_settings import _conflict_error, _source_size, provenance, requested_settings, settings_conflicts
 from cpfs.motion import motion_statistics
 from cpfs.probe import expected_frame_count, output_size, probe
-from cpfs.records import FrameRange, IngestResult, VideoRecord, VideoSource
-from cpfs.video import SeekPoint, decode_stream, seek_points
+from cpfs.records import DecodeErrors, FrameRange, IngestResult, VideoRecord, VideoSource
+from cpfs.video import DecodeReport, SeekPoint, decode_stream, seek_points
 from storage import VideoStore
 
 ProgressFn = Callable[[int], None]  # called with the number of frame pairs just finished
@@ -69,6 +69,7 @@ class RangeStats:
     n_pairs: int  # flow pairs computed (0 when the range was already done)
     skipped: bool  # True when a previous run had finished this range
     seconds: float
+    decode_errors: DecodeErrors = DecodeErrors()  # what ffmpeg flagged while decoding the range (none: skipped)
 
 
 def plan_ranges(video_id: str, n_frames: int, shard_frames: int, shards_per_task: int) -> tuple[FrameRange, ...]:
@@ -96,9 +97,11 @@ def prepare_video(source: VideoSource, cfg: IngestConfig, video_id: str | None =
             raise _conflict_error(source.path, video_id, cfg.store.path, conflicts)
         damage = store.check_video(video_id, full=True)
         if not damage:
+            errors = store.decode_errors(video_id)
             return IngestResult(source=source.path, status="skipped", video_id=video_id,
                                 n_frames=int(attrs["n_frames"]), n_cuts=int(attrs.get("n_cuts", 0)),
-                                backend=attrs.get("backend"))
+                                backend=attrs.get("backend"), extra={"decode_errors": errors.count},
+                                note=f"stored with {errors.describe()}" if errors else None)
         repaired = tuple(map(str, damage))
         store.delete_video(video_id, force=True)  # its data cannot be trusted: ingest it again, whole
     width, height = output_size(meta, cfg.decode)
@@ -117,11 +120,12 @@ def prepare_video(source: VideoSource, cfg: IngestConfig, video_id: str | None =
                       seeks=tuple(seeks[k] for k in sorted(seeks)))
 
 
-def _range_frames(plan: IngestPlan, cfg: IngestConfig, start: int, stop: int) -> Iterator[np.ndarray]:
+def _range_frames(plan: IngestPlan, cfg: IngestConfig, start: int, stop: int,
+                  report: DecodeReport | None = None) -> Iterator[np.ndarray]:
     """Decoded frames [start, stop) of the plan's video, streamed through ffmpeg's pipe (a range that
-    starts later seeks to it: ``cpfs.video.decode_stream``)."""
+    starts later seeks to it: ``cpfs.video.decode_stream``); ``report`` receives their decode errors."""
     seek = next((p for p in plan.seeks if p.frame == start), None)
-    return decode_stream(plan.record.source, cfg.decode, start, stop, plan.record.meta, seek)
+    return decode_stream(plan.record.source, cfg.decode, start, stop, plan.record.meta, seek, report)
 
 
 class _BlockWriter:
@@ -181,7 +185,9 @@ def process_range(plan: IngestPlan, frame_range: FrameRange, cfg: IngestConfig,
 
     Frames land in ``frames[start:stop]``; flow of pair t->t+1 for t in [start, min(stop, T-1)) lands in
     ``flow[start:...]``. Every write covers whole shards, and the range is marked done only after all
-    of its writes finished, so a crash leaves it to be redone, never half-counted.
+    of its writes finished, so a crash leaves it to be redone, never half-counted. Frames ffmpeg decoded
+    with errors are stored, and the errors recorded with the range's marker (``VideoStore.mark_done``);
+    with ``cfg.strict_decode`` they fail the range (VideoError "decode errors") instead.
 
     A pipeline on three kinds of worker: ffmpeg decodes ahead in its own process (seeking to the range's
     first frame), this thread computes the flow of each pair as soon as its second frame arrives (OpenCV
@@ -229,7 +235,8 @@ def process_range(plan: IngestPlan, frame_range: FrameRange, cfg: IngestConfig,
                 frames[0] = look_ahead
 
         decoded = 0
-        for frame in _range_frames(plan, cfg, frame_range.start, dec_stop):
+        report = DecodeReport()
+        for frame in _range_frames(plan, cfg, frame_range.start, dec_stop, report):
             if frame.shape != shape:
                 raise VideoError(rec.source.path, "frame size changed mid-stream",
                                  f"got {frame.shape}, expected {shape}")
@@ -255,13 +262,16 @@ def process_range(plan: IngestPlan, frame_range: FrameRange, cfg: IngestConfig,
         if decoded < dec_stop - frame_range.start:
             raise VideoError(rec.source.path, "truncated",
                              f"decoded {frame_range.start + decoded} of {n_total} frames")
+        if report.errors and cfg.strict_decode:
+            raise VideoError(rec.source.path, "decode errors",
+                             f"{report.errors.describe()}; strict_decode fails such a video")
     except BaseException:
         writer.close(raise_errors=False)
         raise
     writer.close()  # every write of the range finished (or its error raised) before the range is marked done
-    store.mark_done(vid, "frames", frame_range)
+    store.mark_done(vid, "frames", frame_range, report.errors)
     store.mark_done(vid, "flow", frame_range)
-    return RangeStats(frame_range, n_pairs, False, time.perf_counter() - t0)
+    return RangeStats(frame_range, n_pairs, False, time.perf_counter() - t0, report.errors)
 
 
 def finalize_video(plan: IngestPlan, cfg: IngestConfig, seconds: float = 0.0) -> IngestResult:
@@ -289,12 +299,17 @@ def finalize_video(plan: IngestPlan, cfg: IngestConfig, seconds: float = 0.0) ->
     cut = detect_cuts(pair_error, hist, cfg.cuts)
     clipped = store.count_clipped(vid)
     store.finalize(vid, cut, clipped, {"n_cuts": int(cut.sum()), "cut_pairs": np.flatnonzero(cut).tolist()})
-    extra: dict = {"clipped_pixels": int(clipped)}
-    note = None
+    errors = store.decode_errors(vid)
+    extra: dict = {"clipped_pixels": int(clipped), "decode_errors": errors.count}
+    notes = []
+    if errors:
+        extra["damaged_frames"] = [list(r) for r in errors.damaged]
+        notes.append(f"stored with {errors.describe()}")
     if plan.repaired:
         extra["repaired"] = list(plan.repaired)
         more = len(plan.repaired) - 1
-        note = f"repaired: {plan.repaired[0]}" + (f" (+{more} more)" if more else "")
+        notes.append(f"repaired: {plan.repaired[0]}" + (f" (+{more} more)" if more else ""))
+    note = "; ".join(notes) or None
     return IngestResult(source=rec.source.path, status="stored", video_id=vid, n_frames=rec.n_frames,
                         n_cuts=int(cut.sum()), backend=plan.backend, seconds=seconds, extra=extra, note=note)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import cpfs
 from cpfs.config import IngestConfig
-from cpfs.discovery import content_id, discover, sample_videos
+from cpfs.discovery import content_id, discover, is_regular_file, sample_videos
 from cpfs.errors import CPFSError, StoreError, VideoError
 from cpfs.flow import make_backend, resolve_backend
 from cpfs.records import VideoRecord, VideoSource
@@ -183,5 +183,5 @@ def check_stored_settings(cfg: IngestConfig) -> None:
 
 def _source_size(source: VideoSource) -> int:
     if os.path.isdir(source.path):
-        return sum(e.stat().st_size for e in os.scandir(source.path) if e.is_file())
+        return sum(e.stat().st_size for e in os.scandir(source.path) if is_regular_file(e))  # a loop is no file
     return os.stat(source.path).st_size

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import cpfs
-from cpfs.config import EvalConfig, IngestConfig, PipelineConfig, TrainStageConfig
+from cpfs.config import EvalConfig, IngestConfig, PipelineConfig, StoreConfig, TrainStageConfig
 from cpfs.errors import BackendUnavailableError, CPFSError
 
 
@@ -90,6 +90,22 @@ def check_evaluation_data(ev: EvalConfig, prefix: str = "") -> None:
             check_davis(ev.davis, ev.davis_sequences)
         except (OSError, ValueError) as e:
             raise _fail(f"{prefix}davis", str(e)) from None
+    if ev.davis_train is not None and ev.davis is not None:
+        from cpfs.evaluation.foreground import foreground_split
+
+        try:
+            check_davis(ev.davis_train)
+            foreground_split(ev.davis_train, ev.davis, step=ev.foreground_frame_step, test_sequences=ev.davis_sequences)
+        except (OSError, ValueError) as e:
+            raise _fail(f"{prefix}davis_train", str(e)) from None
+    if ev.finetune.enabled and ev.finetune.voc07 is not None:
+        from cpfs.evaluation.voc_classification import read_voc_classification
+
+        try:  # both splits' class lists agree and every listed image exists
+            for split in ("trainval", "test"):
+                read_voc_classification(ev.finetune.voc07, split)
+        except (OSError, ValueError) as e:
+            raise _fail(f"{prefix}finetune.voc07", str(e)) from None
 
 
 def with_concrete_backend(config: IngestConfig, prefix: str = "") -> IngestConfig:
@@ -119,17 +135,67 @@ def check_ingest(config: IngestConfig, prefix: str = "") -> IngestConfig:
     nothing is created), the flow backend runs here. Returns ``config`` as it runs: the default inputs
     filled in (``with_default_inputs``) and the concrete backend (``with_concrete_backend``)."""
     check_inputs_exist(config.inputs, watch=config.watch, prefix=prefix)
-    config = with_concrete_backend(with_default_inputs(config), prefix)
-    _writable(config.store.path, f"{prefix}store.path")
-    return config
+    _writable(config.store.path, f"{prefix}store.path")  # before the backend: that check imports OpenCV
+    return with_concrete_backend(with_default_inputs(config), prefix)
 
 
-def check_train(config: TrainStageConfig) -> None:
-    """Before a training stage on its own: the run folder can be written, the store is there."""
+def check_train(config: TrainStageConfig) -> TrainStageConfig:
+    """Before a training stage on its own: the run folder can be written, the store is there, the held-out
+    videos are videos of it. Returns ``config`` with the held-out videos as ids (``resolve_heldout``)."""
     _writable(config.run_dir, "run_dir")
     p = config.store.path
     if "://" not in p and not Path(p).is_dir():
         raise _fail("store.path", f"{p} is not a store (no such folder; write one with 'cpfs ingest')")
+    held = resolve_heldout(config.train.heldout_videos, config.store, "train.heldout_videos")
+    _check_validation(config, held)
+    return config.model_copy(update={"train": config.train.model_copy(update={"heldout_videos": held})})
+
+
+def _check_validation(config: TrainStageConfig, held: list[str] | None) -> None:
+    """The validation folder and sequences (``cpfs.validation``), before training starts: the folder is a DAVIS
+    tree, named sequences are in it and, when the held-out videos are named, none is a training video."""
+    val = config.train.validation
+    if val.davis is None:
+        return
+    from cpfs.validation import validation_sequences
+
+    stored = stored_videos(config.store)
+    training = [src for vid, src in stored.items() if vid not in set(held)] if held is not None else []
+    try:
+        validation_sequences(val, training)
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail("train.validation", str(e)) from None
+
+
+def stored_videos(store: StoreConfig) -> dict[str, str]:
+    """``{video_id: source_path}`` of the store's complete videos; empty when there is no store yet."""
+    from cpfs.errors import StoreError
+    from storage import VideoStore
+
+    try:
+        return {e.video_id: e.source_path for e in VideoStore.open(store, create=False).index().entries}
+    except StoreError:
+        return {}
+
+
+def resolve_heldout(values: list[str] | None, store: StoreConfig, parameter: str,
+                    inputs: list[str] | None = None) -> list[str] | None:
+    """The ids of the videos ``values`` name (``cpfs.video_names.resolve_videos``: ids, file or folder names,
+    globs) among the store's complete videos and, for a pipeline, its ``inputs`` not stored yet (their id is
+    computed when a value names them). None stays None. Raises PreflightError naming ``parameter`` and what
+    the store holds."""
+    if values is None:
+        return None
+    from cpfs.discovery import content_id, discover
+    from cpfs.video_names import VideoNameError, resolve_videos
+
+    sources = {s.path: s for s in discover(inputs)[0]} if inputs else {}
+    where = f"the store {store.path}" + (" and the inputs hold" if sources else " holds")
+    try:
+        return resolve_videos(values, stored_videos(store), inputs=list(sources),
+                              identify=lambda path: content_id(sources[path]), known_as=where)
+    except (VideoNameError, CPFSError) as e:  # CPFSError: an input named cannot be read to hash it
+        raise _fail(parameter, str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -142,13 +208,33 @@ class Preflight:
 
 def preflight(config: PipelineConfig) -> Preflight:
     """Reject wrong parameters before any stage runs: missing inputs, an unavailable flow backend, an
-    unwritable store or run folder, missing evaluation data folders, a store unfit to train on."""
-    ingest = check_ingest(config.ingest, prefix="ingest.")
+    unwritable store or run folder, missing evaluation data folders, an export folder holding other files, a
+    store unfit to train on, held-out videos that name no video. The checks that need no heavy library come
+    first (the flow backend's imports OpenCV, and torch for "auto"), so that most mistakes are named at once."""
+    check_inputs_exist(config.ingest.inputs, watch=config.ingest.watch, prefix="ingest.")
+    _writable(config.ingest.store.path, "ingest.store.path")
     _writable(config.train.run_dir, "train.run_dir")
     ev = config.evaluate
     assert ev is not None
     _writable(ev.out, "evaluate.out")
     check_evaluation_data(ev, prefix="evaluate.")
+    # Held-out videos by id, name or glob, among the store's videos and this run's inputs (ids from here on:
+    # the stages and their cache keys see ids).
+    ingest = with_default_inputs(config.ingest)
+    held = {stage: resolve_heldout(cfg.heldout_videos, ingest.store, f"{stage}.heldout_videos", ingest.inputs)
+            for stage, cfg in (("train.train", config.train.train), ("evaluate", ev))}
+    _check_validation(config.train, held["train.train"])  # videos not stored yet are checked when training starts
+    ingest = with_concrete_backend(ingest, "ingest.")
+    config = config.model_copy(update={
+        "train": config.train.model_copy(update={"train": config.train.train.model_copy(
+            update={"heldout_videos": held["train.train"]})}),
+        "evaluate": ev.model_copy(update={"heldout_videos": held["evaluate"]})})
+    if config.export:  # <run_dir>/export: new, empty or an earlier export (checked again once the run folder is known)
+        from cpfs.export import export_target_error
+        from cpfs.run_folder import RunFolder
+
+        if reason := export_target_error(RunFolder(config.train.run_dir).export.path):
+            raise _fail("export", reason)
     ready = check_store_contents(ingest)
     return Preflight(config=config.model_copy(update={"ingest": ingest}), store_ready=ready)
 

@@ -61,9 +61,22 @@ def _ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+# What ffmpeg puts before a message: its context with an internal pointer ("[in#0 @ 0x5569aab07080] ",
+# "[vist#0:0/h264 @ 0x...] [dec:h264 @ 0x...] ") and, at -loglevel level+..., the level ("[error] ").
+_MESSAGE_PREFIX = re.compile(
+    r"^(?:\[[^\[\]]* @ 0x[0-9a-fA-F]+\]\s*|\[(?:trace|debug|verbose|info|warning|error|fatal|panic)\]\s*)+"
+)
+
+
+def ffmpeg_message(line: str) -> str:
+    """One ffmpeg stderr line as a message for people: stripped, without its context and level prefixes
+    (``[in#0 @ 0x5569aab07080] moov atom not found`` -> ``moov atom not found``)."""
+    return _MESSAGE_PREFIX.sub("", line.strip()).strip()
+
+
 def _stderr_lines(text: str) -> list[str]:
-    """ffmpeg's stderr split into lines (progress lines end with \\r, not \\n)."""
-    return [ln.strip() for ln in re.split(r"[\r\n]+", text) if ln.strip()]
+    """ffmpeg's stderr split into messages (``ffmpeg_message``; progress lines end with \\r, not \\n)."""
+    return [m for ln in re.split(r"[\r\n]+", text) if (m := ffmpeg_message(ln))]
 
 
 def _classify(lines: Sequence[str]) -> tuple[str, str] | None:

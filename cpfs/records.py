@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,6 +53,59 @@ class FrameRange:
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.stop:
             raise ValueError(f"bad frame range [{self.start}, {self.stop}) for video {self.video_id}")
+
+
+@dataclass(frozen=True)
+class DecodeErrors:
+    """Frames ffmpeg decoded with errors, and the stored frames their damage may reach.
+
+    ``corrupt``: numbers of the source frames ffmpeg flagged as decoded with errors (its "corrupt decoded
+    frame": the decoder concealed damaged or missing data; the frame's ``decode_error_flags`` or
+    ``AV_FRAME_FLAG_CORRUPT``). Source numbers, not stored ones, so two decodes that overlap count a frame
+    once; with ``step`` 1 they are the stored frame numbers. ``damaged``: the stored frames ``[a, b)`` that
+    may show the damage: a flagged frame, the frames predicted from it up to the next key frame, and the
+    B-frames shown just before it (they are decoded after it and may refer to it)."""
+
+    corrupt: tuple[int, ...] = ()  # sorted, distinct
+    damaged: tuple[tuple[int, int], ...] = ()  # sorted, disjoint, non-adjacent half-open ranges
+
+    @property
+    def count(self) -> int:
+        """The number of decode errors: frames ffmpeg flagged."""
+        return len(self.corrupt)
+
+    def __bool__(self) -> bool:
+        return bool(self.corrupt or self.damaged)
+
+    def union(self, other: DecodeErrors) -> DecodeErrors:
+        """Both reports in one: flagged frames counted once, damaged ranges merged."""
+        return DecodeErrors.of(set(self.corrupt) | set(other.corrupt), (*self.damaged, *other.damaged))
+
+    @staticmethod
+    def of(corrupt: Iterable[int], damaged: Iterable[Iterable[int]]) -> DecodeErrors:
+        """Normalised: ``corrupt`` (frame numbers) sorted and distinct, ``damaged`` (``(a, b)`` pairs, as JSON
+        reads them back too) merged where they touch or overlap, empty ones dropped."""
+        merged: list[list[int]] = []
+        for a, b in sorted((int(a), int(b)) for a, b in damaged):
+            if b <= a:
+                continue
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        return DecodeErrors(tuple(sorted({int(c) for c in corrupt})), tuple((a, b) for a, b in merged))
+
+    def describe(self) -> str:
+        """``"116 decode errors in frames ~35-99"`` (empty when there are none); the frames are the damaged
+        stored frames, first to last ("~": the damage's reach is estimated, see the class docstring)."""
+        if not self:
+            return ""
+        n = self.count
+        text = f"{n} decode error{'s' if n != 1 else ''}"
+        if self.damaged:
+            a, b = self.damaged[0][0], self.damaged[-1][1] - 1
+            text += f" in frame{'s' if b > a else ''} ~{a}" + (f"-{b}" if b > a else "")
+        return text
 
 
 @dataclass(frozen=True)

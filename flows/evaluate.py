@@ -6,25 +6,22 @@ store; held-out split: errors name the path), runs one task per configured proto
 ``report.md`` and ``report.html`` to ``config.out``, and publishes the results as a Prefect table artifact,
 the summary as a Markdown artifact and the progress as a progress artifact, so the Prefect UI shows them (and
 a terminal, the protocol and source running: ``cpfs.progress``). It runs alone on any checkpoint: nothing
-but the checkpoint file and the store is needed. ``evaluate_command`` is the ``cpfs evaluate`` command (registered by ``flows.cli``).
+but the checkpoint file and the store is needed. The ``cpfs evaluate`` command is in ``flows.cli``.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any
 
-import typer
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from cpfs.config import EvalConfig
 from cpfs.evaluation.report import PROTOCOL_TITLES, results_markdown_table
 from cpfs.evaluation.run import EvalSummary
-from cpfs.pipeline import check_evaluation_data
+from cpfs.pipeline import check_evaluation_data, resolve_heldout
 from cpfs.progress import progress_bar
-from flows.model_options import build_config, model_options, parameter_name, with_options
 from tasks.evaluate import PROTOCOL_TASKS, check_inputs, write_report
 
 
@@ -56,6 +53,9 @@ def evaluate(config: EvalConfig) -> EvalSummary:
     logger = get_run_logger()
     t0 = time.perf_counter()
     check_evaluation_data(config)  # data set layouts and image headers first: a bad folder fails in seconds
+    # held-out videos named by file or folder name or glob become ids (the protocol tasks' cache keys see ids)
+    config = config.model_copy(update={"heldout_videos": resolve_heldout(config.heldout_videos, config.store,
+                                                                          "heldout_videos")})
     ctx = check_inputs(config)  # the one context of this evaluation: every protocol task runs on it
     inputs = ctx.inputs()
     names = config.protocols()
@@ -84,60 +84,3 @@ def evaluate(config: EvalConfig) -> EvalSummary:
     create_markdown_artifact(key="evaluate-summary", markdown=summary_markdown(config, summary, protocols))
     logger.info("report written to %s", summary.report_html)
     return summary
-
-
-# -----------------------------------------------------------------------------------------------------------
-# The `cpfs evaluate` command (registered in flows.cli)
-
-
-# Every EvalConfig field is a `cpfs evaluate` option, derived from the model (a new field appears by itself;
-# the store's path is `--store`).
-EVAL_OPTIONS = model_options(EvalConfig)
-
-
-def build_eval_config(config_file: Path | None, fields: dict) -> tuple[EvalConfig, dict, dict]:
-    """An ``EvalConfig`` from a JSON file (optional) overridden by the options given (``fields``: the
-    command's keyword arguments; one not given leaves the file's value, or the model's default). Returns it
-    with ``{loc: flag}`` of the given options and of every option, for error messages."""
-    return build_config(EvalConfig, EVAL_OPTIONS, fields, config_file)
-
-
-def evaluate_command(
-    config: Annotated[Optional[Path], typer.Option(help="JSON file with an EvalConfig; the flags given override it.")] = None,
-    **fields: Any,
-) -> None:
-    """Evaluate a checkpoint against a random-init network and baselines; write the report.
-
-    --checkpoint is required, on the command line or in --config."""
-    cfg, flags, known = build_eval_config(config, fields)
-    from cpfs.errors import CPFSError
-    from cpfs.evaluation.context import prepare
-    from cpfs.pipeline import PreflightError, check_evaluation_data, writable_error
-
-    def fail(parameter: tuple[str, ...], reason: str) -> None:
-        typer.secho(f"error: {parameter_name(parameter, flags, config, known)}: {reason}", fg="red", err=True)
-        raise typer.Exit(2)
-
-    reason = writable_error(cfg.out)
-    if reason:
-        fail(("out",), reason)
-    try:  # the data sets: layout, class count, each file's header (seconds, not minutes into the run)
-        check_evaluation_data(cfg)
-    except PreflightError as e:
-        fail((e.parameter or "",), e.reason)
-    try:  # reject bad inputs before Prefect starts: no server, no run, a clear message
-        prepare(cfg, recalibrate=False)  # one extra checkpoint read; the flow builds its own context once
-    except (CPFSError, FileNotFoundError, ValueError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
-    state = evaluate(cfg, return_state=True)
-    if not state.is_completed():
-        typer.secho(f"evaluate {state.type.value.lower()}: {state.message}", fg="red", err=True)
-        raise typer.Exit(1)
-    summary = state.result()
-    typer.echo(f"report: {summary.report_html}\nresults: {summary.results_json}\ntook {summary.seconds:.0f} s")
-    for key, values in summary.headline.items():
-        typer.echo(f"  {key}: " + ", ".join(f"{s}={v:.3f}" for s, v in values.items()))
-
-
-evaluate_command = with_options(evaluate_command, EVAL_OPTIONS)

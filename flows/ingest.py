@@ -7,9 +7,14 @@ share the Prefect client of the flow), or an existing cluster at ``config.dask_a
 task runner depends on a parameter, the graph runs in the subflow ``ingest-videos``.
 
 A bad video fails alone: its error names the file and the reason, every other video completes, and the
-run ends Failed with a message listing the failed videos. Nothing stored earlier is overwritten, except a
-complete video found damaged (a lost or altered shard), which is ingested again. Inputs with the same
-content (a file and its copy) are one video: it is processed once, and every input gets its own result.
+run ends Failed with a message listing the failed videos. So does an entry of a folder that cannot be read (a
+symbolic link loop, a dangling link, a sub-folder without permission or one that vanishes while it is walked:
+``cpfs.discovery.discover``), in a watched folder too: its run stores every readable video and ends Failed,
+naming the entry, until the entry is removed or repaired. A video that decodes with errors ffmpeg conceals is
+stored with them recorded, and its summary line says which frames (``IngestConfig.strict_decode`` fails it).
+Nothing stored earlier is overwritten, except a complete video found damaged (a lost or altered shard), which
+is ingested again. Inputs with the same content (a file and its copy) are one video: it is processed once,
+and every input gets its own result.
 
 The local Dask cluster listens on loopback only, and serves no dashboard (see ``task_runner_for``). No Dask
 worker of an ingest runs the statistical profiler on a Python where it can deadlock (``flows.dask_workers``).
@@ -147,7 +152,9 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
     for plan, fut in finals:
         try:
             res = fut.result()
-            logger.info("stored %s: %d frames, %d cut(s)", res.source, res.n_frames, res.n_cuts)
+            logger.log(logging.WARNING if res.extra.get("decode_errors") else logging.INFO,
+                       "stored %s: %d frames, %d cut(s)%s", res.source, res.n_frames, res.n_cuts,
+                       f" ({res.note})" if res.note else "")
             results.append(res)
         except Exception as e:  # noqa: BLE001
             logger.error("video failed: %s", e)

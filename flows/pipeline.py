@@ -1,4 +1,5 @@
-"""Prefect flow ``pipeline``: ingest -> train -> evaluate, as subflows, with one validated parameter set.
+"""Prefect flow ``pipeline``: ingest -> train -> evaluate, as subflows, with one validated parameter set; with
+``config.export``, then the export of the trained network with its model card into ``<run_dir>/export``.
 
 Every parameter is checked before any work starts (``cpfs.pipeline.preflight``). Each stage runs its flow as
 a subflow inside a task cached on a content key (``cpfs.pipeline`` fingerprints: inputs, configuration, code,
@@ -23,6 +24,7 @@ from prefect.states import Failed
 from cpfs.checkpoint import file_sha256
 from cpfs.config import EvalConfig, IngestConfig, PipelineConfig, Stage, TrainStageConfig
 from cpfs.evaluation.run import EvalSummary
+from cpfs.export import export_target_error
 from cpfs.pipeline import evaluate_fingerprint, ingest_fingerprint, preflight, train_fingerprint
 from cpfs.records import IngestSummary, TrainSummary
 from cpfs.run_folder import EvalFolder, RunFolder
@@ -30,6 +32,7 @@ from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.recovery import crash_orphaned_children
 from flows.train import train
+from tasks.export import export_task
 from storage import VideoStore
 
 
@@ -39,6 +42,7 @@ class PipelineSummary:
     checkpoint: str
     report_html: str
     headline: dict
+    export: str | None = None  # the export folder (``config.export``), None when not exported
 
 
 def _key(prefix: str):  # noqa: ANN202
@@ -106,6 +110,9 @@ def pipeline(config: PipelineConfig = PipelineConfig(), force: list[Stage] = [])
 
     store_version = store.read_index().version
     config = config.for_store_version(store_version)  # train.version_runs: the run folder of this version
+    export_dir = str(RunFolder(config.train.run_dir).export.path)
+    if config.export and (reason := export_target_error(export_dir)):  # before training, not after
+        raise ValueError(f"parameter export: {reason}")
     tkey = train_fingerprint(config.train, store_version)
     if "train" in force:
         _archive_run(config.train.run_dir)
@@ -120,12 +127,15 @@ def pipeline(config: PipelineConfig = PipelineConfig(), force: list[Stage] = [])
         eval_sum = evaluate_stage.with_options(refresh_cache="evaluate" in force or not have_report)(
             config.evaluate, ekey)
 
+    # Export after a successful training and evaluation (the card reports this evaluation's verdicts).
+    exported = export_task(train_sum.checkpoint, export_dir, eval_sum.results_json) if config.export else None
     summary = PipelineSummary(ingest=ingest_sum, checkpoint=train_sum.checkpoint,
-                              report_html=eval_sum.report_html, headline=eval_sum.headline)
+                              report_html=eval_sum.report_html, headline=eval_sum.headline,
+                              export=exported.folder if exported is not None else None)
     create_markdown_artifact(key="pipeline-summary", markdown=(
         f"# CPFS pipeline\n\nStore `{config.ingest.store.path}` (index `{store_version}`): "
         f"{len(good)} video(s), {len(ingest_sum.failed)} failed.\n\nCheckpoint `{train_sum.checkpoint}`.\n\n"
-        f"Report: `{eval_sum.report_html}`."))
+        f"Report: `{eval_sum.report_html}`." + (f"\n\nExport: `{exported.folder}`." if exported else "")))
     logger.info("report: %s", eval_sum.report_html)
     if ingest_sum.failed:
         return Failed(message=f"{len(ingest_sum.failed)} video(s) failed to ingest: "

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from cpfs.config import TrainStageConfig
+from cpfs.pipeline import check_train
 from storage import VideoStore
 from cpfs.records import TrainSummary
 from tasks.train import train_model
@@ -16,6 +17,7 @@ def train(config: TrainStageConfig = TrainStageConfig()) -> TrainSummary:  # noq
     """Train the CPFS network on the store's complete videos; resumes from the run folder's latest
     checkpoint, and returns at once when that run already reached its step count."""
     logger = get_run_logger()
+    config = check_train(config)  # held-out videos named by file or folder name or glob become ids
     store = VideoStore.open(config.store, create=False)  # a missing store is an error here, named by path
     version = store.read_index().version
     config = config.for_store_version(version)

@@ -7,7 +7,7 @@ It never imports Prefect.
 
 from .fixed_point import decode_flow, encode_flow
 from .layout import ARRAY_NAMES, FORMAT_VERSION, MARKER_KINDS, ArraySpec, video_arrays
-from .index import IndexEntry, StoreIndex
+from .index import IndexEntry, StoreIndex, VideoListing
 from .records import BeginStatus
 from .store import VideoStore
 
@@ -19,6 +19,7 @@ __all__ = [
     "BeginStatus",
     "IndexEntry",
     "StoreIndex",
+    "VideoListing",
     "VideoStore",
     "decode_flow",
     "encode_flow",

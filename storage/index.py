@@ -1,8 +1,10 @@
-"""The store index: the complete videos of a store, stored as the root attribute ``index``.
+"""The store index: the complete videos of a store, stored as the root attribute ``index``; and the listing of
+every video, complete or not (``cpfs ls``).
 
 :class:`IndexEntry` and :class:`StoreIndex` are the records; :func:`scan`, :func:`write` and :func:`read` are
 behind :meth:`VideoStore.index`, :meth:`VideoStore.write_index` and :meth:`VideoStore.read_index` and take
-the :class:`~storage.store.VideoStore` they work on.
+the :class:`~storage.store.VideoStore` they work on. :class:`VideoListing` and :func:`list_videos` are behind
+:meth:`VideoStore.list_videos`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import zarr
 
-from . import layout
+from cpfs.errors import StoreError
+
+from . import integrity, layout
 
 if TYPE_CHECKING:
     from .store import VideoStore
@@ -100,3 +105,56 @@ def read(store: VideoStore) -> StoreIndex:
     root = store._read_json("zarr.json") or {}
     doc = root.get("attributes", {}).get(layout.INDEX_ATTR)
     return StoreIndex.from_json(doc) if doc else store.index()
+
+
+@dataclass(frozen=True)
+class VideoListing:
+    """One video group of a store, complete or not, with what the store records about it (``cpfs ls``)."""
+
+    video_id: str
+    source_path: str
+    status: str  # "complete", or "incomplete" (an unfinished ingest: invisible to readers)
+    n_frames: int
+    height: int
+    width: int
+    size_bytes: int | None  # the source's size on disk
+    backend: str | None  # the concrete flow backend
+    n_cuts: int | None  # pairs flagged as shot cuts; None until the video is complete
+    # Median over the pairs of the motion statistic "moving_fraction" (cpfs.motion: the fraction of pixels
+    # moving on their own); None: incomplete, stored before motion statistics, or unreadable.
+    moving_fraction: float | None
+    decode_errors: int  # frames ffmpeg flagged as decoded with errors (0: none, or not recorded)
+    damaged_frames: int  # stored frames that may show a decode error's damage
+    problems: tuple[str, ...]  # integrity problems against the manifest (quick check); () when not checked
+
+    @property
+    def ok(self) -> bool:
+        """Complete, intact and decoded without errors."""
+        return self.status == "complete" and not self.problems and not self.decode_errors and not self.damaged_frames
+
+
+def list_videos(store: VideoStore, check: bool) -> list[VideoListing]:
+    """See :meth:`VideoStore.list_videos`."""
+    out = []
+    for vid in store.video_ids():
+        attrs = store._group_attrs(vid) or {}
+        complete = attrs.get("status") == "complete"
+        problems: tuple[str, ...] = ()
+        if complete and check:
+            problems = tuple(str(p) for p in integrity.check_arrays(store, vid, attrs, None, full=False)[0])
+        moving = None
+        if complete and not problems and store.has_motion(vid):
+            try:
+                column = store.read_motion(vid)[:, layout.MOTION_COLUMNS.index("moving_fraction")]
+                moving = float(np.median(column)) if column.size else None
+            except StoreError:
+                moving = None  # damaged: the quick check was skipped, or missed it
+        errors = store.decode_errors(vid)
+        out.append(VideoListing(
+            video_id=vid, source_path=str(attrs.get("source_path", "?")),
+            status="complete" if complete else "incomplete", n_frames=int(attrs.get("n_frames", 0)),
+            height=int(attrs.get("height", 0)), width=int(attrs.get("width", 0)), size_bytes=attrs.get("size_bytes"),
+            backend=attrs.get("backend"), n_cuts=attrs.get("n_cuts") if complete else None, moving_fraction=moving,
+            decode_errors=errors.count, damaged_frames=sum(stop - start for start, stop in errors.damaged),
+            problems=problems))
+    return out

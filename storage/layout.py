@@ -2,7 +2,8 @@
 
     <store>/zarr.json                         root group; attrs {"cpfs_store": {"format_version": 1},
                                                                   "index": {...}  (see storage.index)}
-    <store>/videos/<video_id>/                one group per video; attrs: provenance and "status"
+    <store>/videos/<video_id>/                one group per video; attrs: provenance and "status", and from
+                                              finalize "decode_errors" (``DECODE_ERRORS_ATTR``, below)
         frames      (T, H, W, 3)  uint8       decoded RGB frames
         flow        (T-1, H, W, 2) int16      flow from frame t to t+1, fixed point (storage.fixed_point);
                                               attrs {"scale", "bound", "units": "px", "clipped_pixels"}
@@ -12,13 +13,19 @@
                                               array's "columns" attr): how much the pixels' flows differ;
                                               format_version 2 (a version-1 store lacks it: ``cpfs upgrade``)
         done/                                 per-range completion markers, one tiny group each:
-            frames-<start>-<stop>/zarr.json   frames [start, stop) are written
+            frames-<start>-<stop>/zarr.json   frames [start, stop) are written; attrs "decode_errors" when
+                                              ffmpeg flagged frames while decoding them (as below)
             flow-<start>-<stop>/zarr.json     flow and pair_error of pairs t -> t+1, t in [start, min(stop, T-1))
         clipped/                              clipped-pixel count of each written flow shard, one group each:
             <start>-<stop>/zarr.json          attrs {"clipped_pixels": n} for pairs [start, stop)
         manifest/zarr.json                    written by finalize, before "status": "complete": every storage
                                               object of every array above, with its size and blake2b digest
                                               (the completion record keeps the per-array object counts)
+
+``decode_errors`` (``cpfs.records.DecodeErrors``, written by finalize, the union over the ranges' markers):
+``{"count": n, "corrupt_source_frames": [source frame numbers ffmpeg flagged as decoded with errors],
+"damaged_frames": [[a, b], ...] (stored frames [a, b) that may show the damage)}``; count 0 and empty lists
+for a clean decode. A video completed before this attribute existed lacks it (nothing is known).
 
 Every storage object of an array is written, even one holding only fill values (``write_empty_chunks``), so
 a complete video has exactly the objects ``storage_objects`` lists: a missing one is damage, never zeros.
@@ -77,6 +84,7 @@ VIDEOS = "videos"  # group holding one group per video
 DONE = "done"  # group inside a video holding the per-range markers
 CLIPPED = "clipped"  # group inside a video holding per-shard clipped-pixel counts
 MANIFEST = "manifest"  # group inside a video listing its storage objects, their sizes and digests
+DECODE_ERRORS_ATTR = "decode_errors"  # video group (and frames marker) attribute: what ffmpeg flagged
 
 ArrayName = Literal["frames", "flow", "pair_error", "cut", "motion"]
 ARRAY_NAMES: tuple[str, ...] = ("frames", "flow", "pair_error", "cut", "motion")

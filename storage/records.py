@@ -26,6 +26,7 @@ STORE_ATTRS = frozenset(
     {
         "video_id", "source_path", "source_kind", "source_meta", "size_bytes", "n_frames", "height", "width",
         "backend", "layout", "created_at", "status", "completed_at", "n_cuts", "clipped_pixels", "shard_counts",
+        "decode_errors",
     }
 )
 MANIFEST_DIGEST = "blake2b-128"  # digest of each storage object in a video's manifest (hashlib.blake2b, 16 bytes)

@@ -38,9 +38,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 import zarr
 from zarr.abc.store import Store
@@ -50,14 +49,17 @@ from zarr.storage import FsspecStore, LocalStore
 
 from cpfs.config import StoreConfig
 from cpfs.errors import StoreError
-from cpfs.records import FrameRange, VideoRecord
+from cpfs.records import DecodeErrors, FrameRange, VideoRecord
 
 from . import index as store_index
 from . import integrity, layout, motion_stats, writing
 from .fixed_point import decode_flow
-from .index import IndexEntry, StoreIndex  # noqa: F401 - importable from here, as before the split
+from .index import IndexEntry, StoreIndex, VideoListing  # noqa: F401 - importable from here, as before the split
 from .records import MANIFEST_DIGEST, STORE_ATTRS, VOLATILE_ATTRS, BeginStatus  # noqa: F401 - the same
 from .records import ShardDamage, StoreVerification  # noqa: F401 - the same
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 
 class VideoStore:
@@ -300,14 +302,30 @@ class VideoStore:
         """Clipped flow pixels of the video so far: the sum of the stored per-shard counts."""
         return writing.count_clipped(self, video_id)
 
-    def mark_done(self, video_id: str, kind: layout.MarkerKind, frame_range: FrameRange) -> None:
+    def mark_done(self, video_id: str, kind: layout.MarkerKind, frame_range: FrameRange,
+                  decode_errors: DecodeErrors | None = None) -> None:
         """Record that ``kind`` of ``frame_range`` is written: "frames": frames [start, stop); "flow": flow and
         pair_error of the pairs t -> t+1 with t in [start, min(stop, T-1)).
 
         The range is shard-aligned and may end at T (or T-1 for "flow"). Each marker is its own key,
-        ``videos/<id>/done/<kind>-<start>-<stop>/zarr.json``.
+        ``videos/<id>/done/<kind>-<start>-<stop>/zarr.json``. ``decode_errors`` (a "frames" marker only): what
+        ffmpeg flagged while decoding the range's frames, kept with the marker; ``finalize`` records the union
+        of every range's as the video's ``decode_errors`` attribute (``layout.DECODE_ERRORS_ATTR``).
         """
-        writing.mark_done(self, video_id, kind, frame_range)
+        writing.mark_done(self, video_id, kind, frame_range, decode_errors)
+
+    def decode_errors(self, video_id: str) -> DecodeErrors:
+        """What ffmpeg flagged while decoding the video (``cpfs.records.DecodeErrors``): of a complete video its
+        ``decode_errors`` attribute (empty for a video stored before that attribute existed), of an incomplete
+        one the union over the ranges marked done so far."""
+        return writing.decode_errors(self, video_id)
+
+    def damaged_frames(self, video_id: str) -> np.ndarray:
+        """bool (T,): the stored frames that may show a decode error's damage (``decode_errors().damaged``)."""
+        out = np.zeros(int(self._require_attrs(video_id)["n_frames"]), dtype=bool)
+        for a, b in self.decode_errors(video_id).damaged:
+            out[a:b] = True
+        return out
 
     def done_ranges(self, video_id: str, kind: layout.MarkerKind) -> list[tuple[int, int]]:
         """The ``(start, stop)`` frame ranges marked done for ``kind``, sorted (as marked, not merged)."""
@@ -322,7 +340,8 @@ class VideoStore:
     ) -> None:
         """Write the cut flags and the last attributes, then mark the video complete (last write).
 
-        Requires done markers covering every frame and every pair; raises StoreError naming the gaps.
+        Requires done markers covering every frame and every pair; raises StoreError naming the gaps. Records
+        the decode errors kept with the "frames" markers as the ``decode_errors`` attribute (see ``mark_done``).
 
         Args:
             cut: bool (T-1,), pair t straddles a shot cut.
@@ -349,6 +368,12 @@ class VideoStore:
     def read_index(self) -> StoreIndex:
         """The index stored by :meth:`write_index`; a fresh scan when none was written."""
         return store_index.read(self)
+
+    def list_videos(self, *, check: bool = True) -> list[VideoListing]:
+        """Every video group, complete or not, as ``cpfs ls`` shows it (``storage.index.VideoListing``): geometry,
+        backend, cuts, median moving fraction, decode errors and, with ``check``, the quick integrity check of
+        each complete video (every object present with its size, no reading). Writes nothing."""
+        return store_index.list_videos(self, check)
 
     # ------------------------------------------------------------------ reading
 
@@ -397,6 +422,8 @@ class VideoStore:
 
         Values are as stored: ``flow`` is int16 fixed point (decode blocks with ``decode_flow``).
         """
+        import dask.array as da  # here, not at the top: dask takes seconds to import and most readers never need it
+
         arr = self._array(video_id, name)
         return da.from_zarr(arr, chunks=(writing.shard_len(arr), *arr.shape[1:]))
 

@@ -18,7 +18,7 @@ from zarr.core.sync import sync
 import cpfs
 from cpfs.errors import StoreError
 from cpfs.motion import motion_statistics
-from cpfs.records import FrameRange, VideoRecord
+from cpfs.records import DecodeErrors, FrameRange, VideoRecord
 
 from . import layout
 from .fixed_point import encode_flow
@@ -231,10 +231,42 @@ def count_clipped(store: VideoStore, video_id: str) -> int:
     return total
 
 
-def mark_done(store: VideoStore, video_id: str, kind: layout.MarkerKind, frame_range: FrameRange) -> None:
+def decode_errors_doc(errors: DecodeErrors) -> dict:
+    """The JSON form of ``errors`` (``layout.DECODE_ERRORS_ATTR``)."""
+    return {"count": errors.count, "corrupt_source_frames": list(errors.corrupt),
+            "damaged_frames": [list(r) for r in errors.damaged]}
+
+
+def decode_errors_of(doc: Mapping[str, Any] | None) -> DecodeErrors:
+    """``decode_errors_doc``'s inverse (None or an empty document: no errors)."""
+    doc = doc or {}
+    return DecodeErrors.of(doc.get("corrupt_source_frames", ()), doc.get("damaged_frames", ()))
+
+
+def marked_decode_errors(store: VideoStore, video_id: str) -> DecodeErrors:
+    """The union of the decode errors recorded with the video's "frames" markers."""
+    out = DecodeErrors()
+    for a, b in done_ranges(store, video_id, "frames"):
+        doc = store._read_json(f"{layout.done_path(video_id)}/{layout.marker_name('frames', a, b)}/zarr.json") or {}
+        out = out.union(decode_errors_of(doc.get("attributes", {}).get(layout.DECODE_ERRORS_ATTR)))
+    return out
+
+
+def decode_errors(store: VideoStore, video_id: str) -> DecodeErrors:
+    """See :meth:`VideoStore.decode_errors`."""
+    attrs = store._require_attrs(video_id)
+    if attrs.get("status") == "complete":
+        return decode_errors_of(attrs.get(layout.DECODE_ERRORS_ATTR))
+    return marked_decode_errors(store, video_id)
+
+
+def mark_done(store: VideoStore, video_id: str, kind: layout.MarkerKind, frame_range: FrameRange,
+              errors: DecodeErrors | None = None) -> None:
     """See :meth:`VideoStore.mark_done`."""
     if frame_range.video_id != video_id:
         raise ValueError(f"mark_done: range of video {frame_range.video_id!r} given for video {video_id!r}")
+    if errors and kind != "frames":
+        raise ValueError(f"mark_done: decode errors go with a 'frames' marker, not {kind!r} (video {video_id})")
     name = layout.marker_name(kind, frame_range.start, frame_range.stop)
     store._require_incomplete(video_id)
     arr = store._array(video_id, "frames")
@@ -242,7 +274,10 @@ def mark_done(store: VideoStore, video_id: str, kind: layout.MarkerKind, frame_r
     start, stop = frame_range.start, frame_range.stop
     end = t - 1 if kind == "flow" and stop == t - 1 else t  # a flow range may end at the last pair
     layout.check_aligned(start, stop - start, end, s, f"{kind} marker of video {video_id}")
-    doc = group_doc({"kind": kind, "start": start, "stop": stop, "written_at": utc_now()})
+    attrs = {"kind": kind, "start": start, "stop": stop, "written_at": utc_now()}
+    if errors:
+        attrs[layout.DECODE_ERRORS_ATTR] = decode_errors_doc(errors)
+    doc = group_doc(attrs)
     with writing(store, video_id, f"marker {name}"):
         store._write_json(f"{layout.done_path(video_id)}/{name}/zarr.json", doc)
 
@@ -282,7 +317,8 @@ def finalize(
                 f"{'frames' if kind == 'frames' else 'flow of pairs'} {gaps} not marked done"
             )
     clipped = store.count_clipped(video_id) if clipped_pixels is None else int(clipped_pixels)
-    final = {"n_cuts": int(cut.sum()), "clipped_pixels": clipped, "status": "complete", "completed_at": utc_now()}
+    final = {"n_cuts": int(cut.sum()), "clipped_pixels": clipped, "status": "complete", "completed_at": utc_now(),
+             layout.DECODE_ERRORS_ATTR: decode_errors_doc(marked_decode_errors(store, video_id))}
     extra = json_normalise(dict(extra_attrs or {}), f"extra attributes of video {video_id}")
     clash = sorted(k for k in STORE_ATTRS & extra.keys() if extra[k] != final.get(k, attrs.get(k)))
     if clash:

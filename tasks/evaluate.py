@@ -74,12 +74,24 @@ def davis(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version:
     return lib.run_protocol("davis", ctx)
 
 
+@task(name="davis-foreground", **_cached)
+def foreground(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str, ctx: EvalContext) -> dict:
+    return lib.run_protocol("foreground", ctx)
+
+
+@task(name="finetune", **_cached)
+def finetune(config: EvalConfig, checkpoint_sha256: tuple[str, ...], store_version: str, ctx: EvalContext) -> dict:
+    return lib.run_protocol("finetune", ctx)
+
+
 PROTOCOL_TASKS = {
     "flow_alignment": flow_alignment,
     "motion_segmentation": motion_segmentation,
     "linear_probe": linear_probe,
     "segmentation": segmentation,
     "davis": davis,
+    "foreground": foreground,
+    "finetune": finetune,
 }
 
 

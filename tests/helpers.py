@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 from pathlib import Path
 
@@ -24,3 +25,24 @@ def truncated_copy(src: Path, dst: Path, fraction: float) -> Path:
     data = src.read_bytes()
     dst.write_bytes(data[: int(len(data) * fraction)])
     return dst
+
+
+def h264_with_damage(clean: Path, damaged: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A real H.264 mp4 and a damaged copy of it: 60 frames of ffmpeg's testsrc2 at 128x96, a key frame every
+    20 frames and B-frames between the P-frames, encoded on one thread (the same bytes on every run); in the
+    copy, 300 bytes past the middle of the media data (the ``mdat`` box) are overwritten with random bytes
+    drawn with ``seed``. The container stays intact: every frame decodes, one of them with errors that the
+    decoder conceals, and the damage lasts until the next key frame."""
+    for p in (clean, damaged):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=128x96:rate=25", "-frames:v", "60", "-c:v", "libx264",
+           "-threads", "1", "-g", "20", "-bf", "2", "-pix_fmt", "yuv420p", str(clean))
+    data = bytearray(clean.read_bytes())
+    pos = 0
+    while data[pos + 4 : pos + 8] != b"mdat":  # top-level boxes: 4-byte big-endian size, 4-byte type
+        pos += int.from_bytes(data[pos : pos + 4], "big")
+    start, stop = pos + 8, pos + int.from_bytes(data[pos : pos + 4], "big")
+    at = start + (stop - start) * 55 // 100
+    data[at : at + 300] = random.Random(seed).randbytes(300)
+    damaged.write_bytes(bytes(data))
+    return clean, damaged

@@ -39,12 +39,13 @@ from cpfs.config.train import (
     ScheduleConfig,
     TrainConfig,
     TrainStageConfig,
+    ValidationConfig,
 )
 
 __all__ = [
     "DEFAULT_RUN_DIR", "FLOW_BACKENDS", "PRESETS", "PROTOCOL_NAMES", "STAGES", "AugmentConfig", "Cli",
     "ConfigFileError", "ConfigModel", "CutConfig", "DISParams", "DecodeConfig", "EvalConfig", "FarnebackParams",
     "FlowBackendName", "FlowConfig", "IngestConfig", "LossName", "OptimizerConfig", "PipelineConfig", "PresetName",
-    "ScheduleConfig", "Stage", "StoreConfig", "TVL1Params", "TrainConfig", "TrainStageConfig", "deep_merge",
+    "ScheduleConfig", "Stage", "StoreConfig", "TVL1Params", "TrainConfig", "TrainStageConfig", "ValidationConfig", "deep_merge",
     "eval_dir", "load_config_file", "parse_size",
 ]

@@ -5,7 +5,8 @@ Every model is frozen and rejects unknown keys (a typo in a parameter fails loud
 ``Cli`` marker in its annotation, read by ``flows.model_options`` when it derives a command's flags from
 the model: ``flag`` is what the user types for a leaf field (``--store`` for ``store.path``), ``prefix`` the
 flag prefix of a nested model's fields (``""``: none, so ``decode.step`` is ``--step``). Without a marker a
-flag is the field's path joined by dashes (``optimizer.lr`` is ``--optimizer-lr``).
+flag is the field's path joined by dashes (``optimizer.lr`` is ``--optimizer-lr``). A model's ``cli_panels``
+groups its fields' flags into the help's panels.
 """
 
 from __future__ import annotations
@@ -14,17 +15,25 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from cpfs.errors import CPFSError
+
+# The help panel of the flags most runs set, shown first; never titled by a parent's panel (see cli_panels).
+COMMON_PANEL = "Common"
 
 
 class ConfigModel(BaseModel):
     """Base of every configuration model: frozen, unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # The command-line help's panels: {title: field names}, read by flows.model_options. A nested model listed
+    # puts all its fields there, unless it has panels of its own: those are then titled "<title>: <its title>"
+    # ("Training: Model" in `cpfs run`). A field no model lists stays in its parent's panel. COMMON_PANEL gathers
+    # the flags most runs set, from every model, first.
+    cli_panels: ClassVar[dict[str, tuple[str, ...]]] = {}
 
 
 @dataclass(frozen=True)

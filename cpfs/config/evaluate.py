@@ -12,26 +12,45 @@ crops) and on the trivial baselines:
 - protocol 1, the layer-wise linear probes, on scikit-learn's bundled handwritten digits written as an
   ImageFolder: a real labelled set that needs no network, reported as *smoke scale*.
 
-Protocol 2 (Pascal VOC segmentation) runs when ``voc`` is set and protocol 5 (DAVIS label propagation) when
-``davis`` is set; ``imagefolder`` replaces the digits by a real ImageFolder (ImageNet's layout).
+Protocol 2 (Pascal VOC segmentation) runs when ``voc`` is set, protocol 5 (DAVIS label propagation) when
+``davis`` is set, and the DAVIS foreground/background probe when ``davis`` and ``davis_train`` (the sequences
+whose masks fit it, never ``davis``'s) are both set; ``imagefolder`` replaces the digits by a real ImageFolder
+(ImageNet's layout).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from typing import ClassVar
+
 from pydantic import Field, field_validator, model_validator
 
 from cpfs.config.base import ConfigModel
+from cpfs.config.finetune import FinetuneConfig
 from cpfs.config.store import StoreConfig
 from cpfs.run_folder import RunFolder
 
-PROTOCOL_NAMES: tuple[str, ...] = ("flow_alignment", "motion_segmentation", "linear_probe", "segmentation", "davis")
+PROTOCOL_NAMES: tuple[str, ...] = ("flow_alignment", "motion_segmentation", "linear_probe", "segmentation", "davis",
+                                   "foreground", "finetune")
 
 
 class EvalConfig(ConfigModel):
     """The evaluation stage: which checkpoints, which data, which protocols and at what size."""
 
+    cli_panels: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Common": ("checkpoint", "out", "seeds", "heldout_videos"),
+        "Held-out flow alignment and motion probe": ("pairs_per_video", "min_moving_fraction", "motion_floor", "points",
+                                                     "motion_threshold", "qualitative_frames"),
+        "Linear probe": ("imagefolder", "imagefolder_val", "max_per_class", "digits_per_class", "probe_size",
+                         "probe_max_iter"),
+        "VOC segmentation": ("voc", "voc_classes", "voc_size"),
+        "DAVIS propagation": ("davis", "davis_sequences", "davis_max_frames", "davis_figure_frames", "davis_size"),
+        "DAVIS foreground probe": ("davis_train", "foreground_frame_step", "foreground_size"),
+        "Fine-tuning": ("finetune",),
+        "Features, baselines, statistics": ("compare", "layers", "feature_stride", "pixels_per_image",
+                                            "recalibrate_checkpoints", "bn_batches", "bn_batch_size", "ci_level",
+                                            "threads")}
     # A checkpoint file (``run/checkpoints/step-*.pt``) or a training run folder (its latest checkpoint).
     checkpoint: str = Field(description="The CPFS checkpoint to evaluate: a .pt file or a training run folder")
     # More checkpoints evaluated with identical settings (another run, another loss); each gets its own rows.
@@ -40,8 +59,9 @@ class EvalConfig(ConfigModel):
     store: StoreConfig = Field(default_factory=StoreConfig, description="The Zarr store holding the held-out video")
     # Seeds 0..seeds-1: probe splits and samples, sampled pixels, and one random-init network per seed.
     seeds: int = Field(default=3, ge=1, description="Number of seeds; every score is a mean and std over them")
-    # None: the held-out videos of the checkpoint's own training split; a list overrides it (ids of the store).
-    heldout_videos: list[str] | None = Field(default=None, description="Held-out video ids (None: the checkpoint's split)")
+    # None: the held-out videos of the checkpoint's own training split; a list overrides it (ids of the store, or
+    # file or folder names and globs, made ids before the evaluation starts: cpfs.pipeline.resolve_heldout).
+    heldout_videos: list[str] | None = Field(default=None, description="Held-out videos: ids, file or folder names, or globs (None: the checkpoint's split)")
     imagefolder: str | None = Field(default=None, description="ImageFolder for the linear probe (None: digits, smoke scale)")
     # With it, imagefolder is the training set and this the test set (ImageNet: train/ and val/).
     imagefolder_val: str | None = Field(default=None, description="Held-out ImageFolder for the linear probe (None: split)")
@@ -53,6 +73,13 @@ class EvalConfig(ConfigModel):
     davis_sequences: list[str] | None = Field(default=None, description="DAVIS sequences to run (None: every one)")
     davis_max_frames: int | None = Field(default=None, ge=2, description="First frames per DAVIS sequence (None: all)")
     davis_figure_frames: int = Field(default=3, ge=0, description="DAVIS frames per sequence drawn as figures (propagated mask against ground truth)")
+    # The foreground probe is fitted on these masks and scored on ``davis``'s: other sequences, never the same.
+    davis_train: str | None = Field(default=None, description="DAVIS-layout root whose masks fit the foreground probe (scored on --davis)")
+    # Every 15th frame: 48 fitted frames of davis-train's ten sequences, 15 scored of davis's four. The fits
+    # (hypercolumns and each layer, every seed) cost in proportion: 82 s of CPU per network at 3 seeds, about 40 s
+    # on 2 cores; every 10th frame costs ~1.4 times that (docs/benchmarks.md, bench/foreground.py).
+    foreground_frame_step: int = Field(default=15, ge=1, description="Foreground probe: every k-th frame of each sequence, fitted and scored")
+    foreground_size: int = Field(default=128, ge=63, description="Foreground probe: frames resized to this short side, px")
     # Trunk layers read by the probes and as hypercolumns by the dense protocols (2, 4, 5).
     layers: list[str] = Field(default_factory=lambda: ["conv1", "conv2", "conv3", "conv4", "conv5"],
                               description="Trunk layers probed / concatenated into hypercolumns")
@@ -67,6 +94,11 @@ class EvalConfig(ConfigModel):
     # Only pairs in which at least this fraction of the pixels moves on its own (cpfs.motion moving_fraction):
     # on the others the flow kernel is estimation noise (the flow oracle scored 0.39-0.47 on such a video).
     min_moving_fraction: float = Field(default=0.1, ge=0, lt=1, description="Held-out pairs: least fraction of independently moving pixels (0: all pairs)")
+    # A video with fewer than pairs_per_video pairs above min_moving_fraction (a fixed camera, small moving people)
+    # gets its own, lower threshold: its pairs_per_video-th most-moving pair, never below this floor, under which
+    # the motion is flow noise (cpfs.evaluation.heldout.video_motion_threshold, where the value was measured).
+    # A floor above min_moving_fraction is min_moving_fraction (0 there keeps every pair).
+    motion_floor: float = Field(default=0.01, ge=0, lt=1, description="Held-out pairs: the per-video threshold is never lowered below this fraction")
     # Recalibrate the checkpoint's BatchNorm statistics on the same training crops as the random-init
     # network of its seed, so the paired comparison differs in the weights only.
     recalibrate_checkpoints: bool = Field(default=True, description="Recalibrate the checkpoints' BN statistics like random init's")
@@ -78,6 +110,8 @@ class EvalConfig(ConfigModel):
     bn_batches: int = Field(default=4, ge=0, description="Batches of training crops to recalibrate random-init BN (0: off)")
     bn_batch_size: int = Field(default=16, ge=2, description="Crops per recalibration batch")
     qualitative_frames: int = Field(default=3, ge=0, description="Held-out frames shown as figures")
+    # The fine-tuning protocol (cpfs.evaluation.finetune): off unless finetune.enabled; VOC 2007 or digits.
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     # torch intra-op threads; None: one per core (os.cpu_count()). On a shared machine fewer can be faster.
     threads: int | None = Field(default=None, ge=1, description="torch threads (None: os.cpu_count())")
 
@@ -97,6 +131,13 @@ class EvalConfig(ConfigModel):
             raise ValueError("imagefolder_val is set but imagefolder (the probe's training set) is not")
         return self
 
+    @model_validator(mode="after")
+    def _fit_needs_davis(self) -> "EvalConfig":
+        if self.davis_train is not None and self.davis is None:
+            raise ValueError("davis_train (the foreground probe's fit sequences) is set but davis (the sequences it "
+                             "is scored on) is not")
+        return self
+
     def protocols(self) -> list[str]:
         """The protocols this configuration runs, in order."""
         out = ["flow_alignment", "motion_segmentation", "linear_probe"]
@@ -104,6 +145,10 @@ class EvalConfig(ConfigModel):
             out.append("segmentation")
         if self.davis is not None:
             out.append("davis")
+        if self.davis is not None and self.davis_train is not None:
+            out.append("foreground")
+        if self.finetune.enabled:
+            out.append("finetune")
         return out
 
     @property

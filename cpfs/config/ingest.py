@@ -7,7 +7,7 @@ users know by a shorter name (``--size``, ``--workers``, ``--tvl1-scales``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -43,6 +43,8 @@ def parse_size(text: str) -> dict[str, Any]:
 class DecodeConfig(ConfigModel):
     """How videos are decoded before optical flow (applied by ffmpeg's filters, not in Python)."""
 
+    cli_panels: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Common": ("size", "max_frames"), "Decode": ("short_side", "step", "timeout_s")}
     # Target size. ``short_side``: scale so the shorter side has this many pixels, keeping the aspect ratio
     # (the other side rounded to an even number). None keeps the source size.
     short_side: int | None = Field(default=256, description="Shorter side after scaling, px (None: keep source size)")
@@ -110,6 +112,10 @@ class DISParams(ConfigModel):
 class FlowConfig(ConfigModel):
     """Which optical-flow algorithm runs and with which parameters."""
 
+    cli_panels: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Common": ("backend",), "Flow backend": ("batch_size", "device"),
+        "TV-L1 (--backend *tvl1)": ("tvl1",), "Farneback (--backend *farneback)": ("farneback",),
+        "DIS (--backend opencv-dis)": ("dis",)}
     backend: FlowBackendName = Field(default="auto", description="Flow backend; auto picks the best available")
     tvl1: TVL1Params = Field(default_factory=TVL1Params)
     farneback: FarnebackParams = Field(default_factory=FarnebackParams)
@@ -132,6 +138,9 @@ class CutConfig(ConfigModel):
 class IngestConfig(ConfigModel):
     """The ingest stage: which videos, how to decode them, which flow, where to store."""
 
+    cli_panels: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Decode": ("strict_decode",), "Shot cuts": ("cuts",),
+        "Scheduled and parallel work (Dask)": ("watch", "dask_address", "n_workers", "shards_per_task")}
     # Video files, frame folders, or folders holding them (walked). Empty: the embedded sample videos.
     inputs: list[str] = Field(default_factory=list, description="Videos, frame folders or folders of them")
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -140,6 +149,10 @@ class IngestConfig(ConfigModel):
     cuts: CutConfig = Field(default_factory=CutConfig)
     # Inputs are watched folders (a scheduled ingest): a missing or empty folder means "nothing new", not an error.
     watch: bool = Field(default=False, description="Inputs are watched folders: missing or empty is not an error")
+    # A video whose decode ffmpeg reports errors in (it concealed damaged data: "corrupt decoded frame") fails
+    # instead of being stored. Off: it is stored with its decode errors recorded (the store's "decode_errors"
+    # attribute, the ingest summary says which frames) and training skips the affected pairs.
+    strict_decode: bool = Field(default=False, description="Fail a video that decodes with errors instead of storing it with them recorded")
     # Existing Dask scheduler (tcp://host:port); None starts a local cluster.
     dask_address: str | None = Field(default=None, description="Dask scheduler address; None: local cluster")
     # Workers of the local cluster (one process each, one thread each: OpenCV is told to use one thread).

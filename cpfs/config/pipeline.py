@@ -1,13 +1,13 @@
 """Configuration of the whole pipeline: ingest -> train -> evaluate on one store.
 
-``cpfs run``'s flags are derived from these fields: ingest's and training's under their own names
-(``--backend``, ``--steps``), evaluation's too unless another stage took the name first (then with
-``--evaluate-`` in front: ``--evaluate-threads``).
+``cpfs run``'s flags are derived from these fields, each stage's under the name its own command gives it
+(``--backend``, ``--steps``, ``--seeds``); a name two stages share carries each one's stage in front
+(``--train-threads``, ``--evaluate-threads``). The help shows them in one panel group per stage.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -26,10 +26,15 @@ class PipelineConfig(ConfigModel):
     ``ingest.store`` (given there too, they must be the same store); ``evaluate.checkpoint`` defaults to the
     training run folder (its latest checkpoint) and ``evaluate.out`` to ``<run_dir>/eval``."""
 
+    cli_panels: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Ingest": ("ingest",), "Training": ("train",), "Evaluation": ("evaluate",), "Export": ("export",)}
     ingest: Annotated[IngestConfig, Cli(prefix="")] = Field(default_factory=IngestConfig)
     train: Annotated[TrainStageConfig, Cli(prefix="")] = Field(default_factory=TrainStageConfig)
     evaluate: Annotated[EvalConfig | None, Cli(prefix="")] = Field(
         default=None, description="Evaluation (None: the run folder's checkpoint, out <run_dir>/eval)")
+    # After a successful training and evaluation: safetensors weights, architecture, ONNX graph and MODEL_CARD.md
+    # into <run_dir>/export (cpfs.export; an earlier export there is replaced, any other content is an error).
+    export: bool = Field(default=False, description="Export the trained network with its model card into <run_dir>/export")
 
     @model_validator(mode="before")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -12,6 +12,8 @@ from cpfs.config.base import Cli, ConfigModel
 class StoreConfig(ConfigModel):
     """Where the Zarr store lives and how its arrays are chunked."""
 
+    cli_panels: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Common": ("path",), "Store": ("shard_frames", "flow_scale", "flow_bound", "storage_options")}
     # A local folder or an fsspec URL (s3://bucket/prefix when s3fs is installed, memory://...).
     path: Annotated[str, Cli(flag="--store")] = Field(default="cpfs-data/store.zarr", description="Store location: folder or fsspec URL")
     # Frames per shard: the unit of writing, of parallel work and of dask chunks.

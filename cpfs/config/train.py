@@ -22,7 +22,7 @@ fields; nested models are overridden key by key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -62,6 +62,12 @@ class AugmentConfig(ConfigModel):
     hflip: float = Field(default=0.5, ge=0, le=1, description="Probability of a horizontal flip")
     # Brightness, contrast and saturation factors drawn from [1 - j, 1 + j] (image only, never the flow).
     color_jitter: float = Field(default=0.2, ge=0, lt=1, description="Colour jitter strength j")
+    # Probability of training on the frame's luma alone (image only). Colour may be a shortcut: the pixels of one
+    # moving object often share a colour, so a network can fit the flow kernel by clustering colours. Measured, it
+    # did not help (docs/benchmarks.md, "Grayscale augmentation"): cpu-hour at 600 steps with grayscale 0.5 and
+    # jitter 0.4 gained +0.140 J&F over random init on held-out davis-train sequences against +0.213 without,
+    # and +0.102 against +0.113 on held-out flow alignment. Hence the default 0 (off).
+    grayscale: float = Field(default=0.0, ge=0, le=1, description="Probability of a grayscale image")
 
     @model_validator(mode="after")
     def _ordered_scales(self) -> "AugmentConfig":
@@ -70,9 +76,39 @@ class AugmentConfig(ConfigModel):
         return self
 
 
+class ValidationConfig(ConfigModel):
+    """A validation measure tracked during training, and the best checkpoint kept by it.
+
+    DAVIS label propagation (``cpfs.evaluation.davis``, the evaluation's own protocol, hypercolumns of
+    ``layers``) on annotated sequences that the run does not train on: ``davis`` is a DAVIS-layout root
+    (``JPEGImages/480p/<seq>/``, ``Annotations/480p/<seq>/``), e.g. the held-out part of ``davis-train``.
+    Never the sequences a model is finally evaluated on: choosing a checkpoint on them would make that
+    evaluation mean nothing. Off when ``davis`` is None.
+    """
+
+    davis: str | None = Field(default=None, description="DAVIS-layout root of the validation sequences (None: no validation)")
+    # None: every sequence under ``davis`` that is not a training video of the run (its frame folder is not the
+    # source of a training video). A named sequence that is a training video is an error.
+    sequences: list[str] | None = Field(default=None, description="Validation sequences (None: those of the root not trained on)")
+    size: int = Field(default=160, ge=63, description="Frames resized to this short side, px")
+    max_frames: int | None = Field(default=40, ge=2, description="First frames per sequence (None: all)")
+    layers: tuple[str, ...] = Field(default=("conv1", "conv2", "conv3", "conv4", "conv5"), description="Hypercolumn layers of the propagation")
+    # None: at every checkpoint (``checkpoint_every``); the best checkpoint is chosen among validated steps.
+    every: int | None = Field(default=None, ge=1, description="Validate every this many steps (None: at every checkpoint)")
+
+
 class TrainConfig(ConfigModel):
     """The training stage: model, loss, data, optimisation, logging and checkpoints."""
 
+    cli_panels: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Common": ("preset", "steps", "heldout_videos", "device"),
+        "Model": ("embed_dim", "width", "hypercolumn_layers"),
+        "Loss": ("loss", "sigma", "sigma_scale", "temperature"),
+        "Data": ("batch_size", "crop", "points_per_image", "min_moving_fraction", "skip_damaged_pairs",
+                 "holdout_fraction", "seed", "num_workers", "prefetch_factor"),
+        "Optimiser (AdamW)": ("optimizer",), "Schedule": ("schedule",), "Augmentation": ("augment",),
+        "Validation": ("validation",),
+        "Checkpoints, logging, hardware": ("checkpoint_every", "keep_checkpoints", "log_every", "threads", "amp")}
     # The values not given come from this preset (``_start_from_the_preset``); the defaults below are demo's.
     preset: PresetName = Field(default="demo", description="Preset the other values start from: demo (CPU, minutes), cpu-hour, paper (GPU); the values given override it")
     # Default (= demo preset) kta-centered: in bench/validity.py on this project's real video it was the only loss
@@ -104,16 +140,21 @@ class TrainConfig(ConfigModel):
     # object moves by pixels (DAVIS breakdance: median 0.19 px, moving fraction 0.12). 0.1 keeps 943 of the
     # 2,355 pairs of the shared training videos (bench/learning.py store). 0 keeps all.
     min_moving_fraction: float = Field(default=0.1, ge=0, lt=1, description="Skip training pairs with fewer independently moving pixels than this fraction (0: keep all)")
+    # Pairs with a frame that may show a decode error's damage (the store's "decode_errors": ffmpeg concealed
+    # damaged data there, and the damage lasts to the next key frame) are not trained on: their flow follows
+    # the concealment's smears, not the scene. False trains on them too.
+    skip_damaged_pairs: bool = Field(default=True, description="Skip training pairs whose frames ffmpeg decoded with errors")
     # Layers whose features form each pixel's hypercolumn. None: the paper's (conv1, pool1, conv3, pool5, fc7).
     hypercolumn_layers: tuple[str, ...] | None = Field(default=None, description="Hypercolumn layers (None: conv1,pool1,conv3,pool5,fc7)")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     num_workers: int = Field(default=1, ge=0, description="DataLoader worker processes per rank (0: main process)")
     prefetch_factor: int = Field(default=4, ge=1, description="Batches each DataLoader worker prepares ahead")
     seed: int = Field(default=0, description="Seed of the split, the model init, sampling and augmentations")
     holdout_fraction: float = Field(default=0.2, ge=0, lt=1, description="Fraction of videos held out of training")
-    heldout_videos: list[str] | None = Field(default=None, description="Explicit held-out video ids (overrides the fraction)")
+    heldout_videos: list[str] | None = Field(default=None, description="Held-out videos: ids, file or folder names, or globs (cpfs ls lists them; overrides the fraction)")
     checkpoint_every: int = Field(default=100, ge=1, description="Write a checkpoint every this many steps (and at the end)")
     keep_checkpoints: int = Field(default=3, ge=1, description="Most recent checkpoints kept on disk")
     log_every: int = Field(default=1, ge=1, description="Append metrics to metrics.jsonl every this many steps")
@@ -217,6 +258,8 @@ DEFAULT_RUN_DIR = "runs/demo"
 class TrainStageConfig(ConfigModel):
     """The training stage as a pipeline step: which store, which run folder, how to launch."""
 
+    cli_panels: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Common": ("run_dir",), "Checkpoints, logging, hardware": ("resume", "nproc_per_node", "version_runs")}
     store: StoreConfig = Field(default_factory=StoreConfig)
     run_dir: str = Field(default=DEFAULT_RUN_DIR, description="Run folder: metrics.jsonl and checkpoints/")
     train: Annotated[TrainConfig, Cli(prefix="")] = Field(default_factory=TrainConfig)

@@ -7,6 +7,8 @@ Every protocol is a pure function that returns a plain dict of numbers, with a `
   protocol, Table 2 of the CPFS paper).
 - ``segmentation``: a per-pixel linear classifier on frozen features, mean IoU (Pascal VOC layout).
 - ``davis``: video object segmentation by label propagation in feature space, J and F (DAVIS layout).
+- ``foreground``: a per-pixel foreground/background linear classifier per layer, fitted on other DAVIS
+  sequences' masks (``davis_train``) and scored on the DAVIS ones, mean IoU.
 - ``flow_alignment``: how well the embedding kernel matches the flow kernel on held-out video.
 - ``motion_segmentation``: per-pixel linear classifier for "moves independently of the dominant motion".
 

@@ -209,7 +209,7 @@ def prepare(cfg: EvalConfig, progress: Progress | None = None, *, recalibrate: b
         configured data folder is missing (naming it).
     """
     for what, path in (("imagefolder", cfg.imagefolder), ("imagefolder_val", cfg.imagefolder_val),
-                       ("voc", cfg.voc), ("davis", cfg.davis)):
+                       ("voc", cfg.voc), ("davis", cfg.davis), ("davis_train", cfg.davis_train)):
         if path is not None and not Path(path).expanduser().is_dir():
             raise FileNotFoundError(f"{path}: {what} folder is missing or not a folder")
     models, infos = {}, {}
@@ -234,15 +234,17 @@ def prepare(cfg: EvalConfig, progress: Progress | None = None, *, recalibrate: b
     if not split.heldout:
         raise ValueError(f"{main.path}: its training held out no video (holdout_fraction 0); "
                          "set EvalConfig.heldout_videos to the store's videos to evaluate on")
-    heldout = PairSubset.from_ranges(store, split.heldout, min_moving_fraction=cfg.min_moving_fraction)
+    floor = min(cfg.motion_floor, cfg.min_moving_fraction)
+    heldout = PairSubset.from_ranges(store, split.heldout, min_moving_fraction=cfg.min_moving_fraction,
+                                     pairs_per_video=cfg.pairs_per_video, motion_floor=floor)
     kept = {vid: pairs for vid, pairs in heldout.allowed.items() if pairs is None or len(pairs) >= 2}
     for vid in sorted(set(heldout.allowed) - set(kept)):
-        warnings.append(f"held-out video {vid} has fewer than 2 pairs in which at least {cfg.min_moving_fraction:g} of "
+        warnings.append(f"held-out video {vid} has fewer than 2 pairs in which at least {floor:g} of "
                         "the pixels move on their own: left out of the held-out protocols")
     if not kept:
         raise ValueError(f"{cfg.store.path}: no held-out video of {main.path} has 2 or more pairs with motion "
-                         f"(min_moving_fraction {cfg.min_moving_fraction:g}); hold out videos with real motion, "
-                         "or lower min_moving_fraction")
+                         f"(motion_floor {floor:g}); hold out videos with real motion, "
+                         "or lower motion_floor")
     ctx = EvalContext(cfg=cfg, models=models, checkpoints=infos, store=store, store_version=version,
                       train_ranges=split.train, heldout=PairSubset(store, kept), heldout_ranges=split.heldout,
                       warnings=warnings, progress=progress)

@@ -26,21 +26,22 @@ gives the first implementation's labels bit for bit on network features on the t
 199 frames of the four shared sequences J moved by at most 4e-6 and F by at most 4e-5 per sequence
 (``bench/davis_speed.py --reference 980ddad --sequences 0 --frames 0``).
 
-Scores, as the DAVIS benchmark (Perazzi et al. 2016; davis2017-evaluation):
-- ``region_similarity_j``: mask IoU; an empty prediction of an empty ground truth scores 1.
-- ``contour_accuracy_f``: boundary F-measure. Boundaries are the internal morphological gradient
-  (mask minus its 3x3 erosion, image borders not counted as contours: one-pixel-thick contours like
-  DAVIS's ``seg2bmap``); a boundary pixel is matched when the other mask's boundary lies within
-  ``ceil(0.008 * image diagonal)`` px (a disk); precision = matched predicted / predicted boundary
-  pixels, recall = matched true / true boundary pixels, ``F = 2PR / (P + R)``. Both boundaries empty: 1;
-  exactly one empty: 0.
-Per sequence, J and F are averaged over objects and over frames 1..T-1 (the given first frame is not
-scored; departure: the official evaluation also drops the last frame, which matters little and would
-waste one of the few frames of a short test). The data-set score is the mean over sequences.
+Scores: J, F and their statistics exactly as the official davis2017-evaluation code defines them
+(``cpfs.evaluation.davis_measures``, which names the functions it ports). As there (``all_gt_masks[:, 1:-1]``
+in ``davis2017/evaluation.py``), frame 0 (given) and the sequence's last frame are not scored: frames
+1..T-2 are, and the last frame is not even propagated. Each object's per-frame J and F give its mean, recall
+and decay; a sequence's scores are the means over its objects, the data set's (``J_mean``, ``F_mean``,
+``JF_mean``) the means over all objects of all sequences. Where this protocol departs from the official one:
+- the official code scores whatever full-resolution masks a method wrote; here they are this propagation's,
+  made on frames resized to ``size`` and upsampled to the annotation's resolution, and scored there
+  (``resolution``: 480p by default, as the benchmark's usual setting);
+- ``max_frames`` (smoke tests) cuts a sequence short: frames 1..max_frames-1 are scored, the official
+  per-frame scores of those frames (the sequence's own last frame is not among them); recall and decay
+  are then over those frames only.
 
-Length (about 600 lines, over the project's ~400): one protocol's science read top to bottom, the rule, its
-tiled evaluation and the two DAVIS scores, which the tests check against each other and the reference values;
-the runner over sources is ``cpfs.evaluation.protocols.davis``.
+Length (about 600 lines, over the project's ~400): one protocol's science read top to bottom, the rule and its
+tiled evaluation, which the tests check against each other and the reference values; the measures are
+``cpfs.evaluation.davis_measures``, the runner over sources ``cpfs.evaluation.protocols.davis``.
 """
 
 from __future__ import annotations
@@ -52,72 +53,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from cpfs.evaluation.datasets import list_davis_sequences, load_image, load_images, load_mask, read_davis_sequence
+from cpfs.evaluation.davis_measures import (
+    contour_accuracy_f,
+    dataset_scores,
+    object_ids,
+    region_similarity_j,
+    sequence_scores,
+)
 from cpfs.evaluation.features import FeatureFn, compute_features, grid_size, upsample_features
 from cpfs.evaluation.segmentation import class_map
 
-BOUNDARY_TOLERANCE = 0.008  # DAVIS: contour match tolerance as a fraction of the image diagonal
 _TOPK_GROUP = 8  # candidates per group in ``_topk_grouped``: chosen by bench/davis_bound.py --groups (4, 8, 16, 32)
-
-
-# -----------------------------------------------------------------------------------------------------------
-# Scores
-
-
-def _binary(mask: np.ndarray, name: str) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D mask (H, W), got shape {mask.shape}")
-    return mask.astype(bool)
-
-
-def region_similarity_j(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Region similarity J = |pred ∩ gt| / |pred ∪ gt| of two binary ``(H, W)`` masks; 1 when both are empty."""
-    p, g = _binary(pred, "pred"), _binary(gt, "gt")
-    if p.shape != g.shape:
-        raise ValueError(f"pred and gt must have the same shape, got {p.shape} and {g.shape}")
-    union = np.logical_or(p, g).sum()
-    if union == 0:
-        return 1.0
-    return float(np.logical_and(p, g).sum() / union)
-
-
-def mask_boundary(mask: np.ndarray) -> np.ndarray:
-    """One-pixel-thick boundary of a binary mask: ``mask & ~erode(mask, 3x3)`` (borders replicated)."""
-    m = _binary(mask, "mask").astype(np.uint8)
-    eroded = cv2.erode(m, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
-    return (m > 0) & (eroded == 0)
-
-
-def contour_accuracy_f(pred: np.ndarray, gt: np.ndarray, tolerance: float = BOUNDARY_TOLERANCE) -> float:
-    """Contour accuracy F (boundary F-measure) of two binary ``(H, W)`` masks (see the module docstring).
-
-    ``tolerance`` < 1 is a fraction of the image diagonal (DAVIS: 0.008); >= 1 is a radius in pixels.
-    """
-    p, g = _binary(pred, "pred"), _binary(gt, "gt")
-    if p.shape != g.shape:
-        raise ValueError(f"pred and gt must have the same shape, got {p.shape} and {g.shape}")
-    radius = int(math.ceil(tolerance * math.hypot(*p.shape))) if tolerance < 1 else int(round(tolerance))
-    pb, gb = mask_boundary(p), mask_boundary(g)
-    n_p, n_g = int(pb.sum()), int(gb.sum())
-    if n_p == 0 and n_g == 0:
-        return 1.0
-    if n_p == 0 or n_g == 0:
-        return 0.0
-    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    g_dil = cv2.dilate(gb.astype(np.uint8), disk) > 0
-    p_dil = cv2.dilate(pb.astype(np.uint8), disk) > 0
-    precision = float((pb & g_dil).sum()) / n_p
-    recall = float((gb & p_dil).sum()) / n_g
-    if precision + recall == 0:
-        return 0.0
-    return 2.0 * precision * recall / (precision + recall)
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -483,11 +435,14 @@ def segment_sequence(
     return np.stack([p for p, _ in pairs]), np.stack([g for _, g in pairs])
 
 
-def _objects(first_gt: np.ndarray) -> list[int]:
-    objects = [k for k in np.unique(first_gt).tolist() if k != 0]
-    if not objects:
-        raise ValueError("the first annotation has no object to propagate")
-    return objects
+def _scored_stop(n_frames: int, max_frames: int | None = None) -> int:
+    """Frames 1..stop-1 of a sequence of ``n_frames`` are propagated and scored: the official rule scores 1..T-2
+    (the last frame is dropped); ``max_frames`` cuts the sequence shorter (see the module docstring)."""
+    stop = n_frames - 1 if max_frames is None else min(max_frames, n_frames - 1)
+    if stop < 2:
+        raise ValueError(f"a DAVIS sequence of {n_frames} frames has no frame to score (frames 1..T-2 are scored; "
+                         "it needs at least 3)")
+    return stop
 
 
 def _frame_scores(pred: np.ndarray, gt: np.ndarray, objects: Sequence[int]) -> tuple[list[float], list[float]]:
@@ -496,24 +451,24 @@ def _frame_scores(pred: np.ndarray, gt: np.ndarray, objects: Sequence[int]) -> t
             [contour_accuracy_f(pred == k, gt == k) for k in objects])
 
 
-def _sequence_result(js: list[float], fs: list[float], n_frames: int, n_objects: int) -> dict:
-    j, f = float(np.mean(js)), float(np.mean(fs))
-    return {"J": j, "F": f, "J&F": (j + f) / 2, "n_frames": int(n_frames), "n_objects": n_objects}
+def _sequence_result(js: list[list[float]], fs: list[list[float]], objects: Sequence[int], n_frames: int) -> dict:
+    """``js``, ``fs``: per scored frame, each object's J and F -> the sequence's scores (``sequence_scores``)."""
+    scores = sequence_scores(np.asarray(js).T, np.asarray(fs).T, objects)  # (n_objects, n_scored) each
+    return {**scores, "n_frames": int(n_frames), "n_objects": len(objects), "n_scored": len(js)}
 
 
 def score_sequence(pred: np.ndarray, gt: np.ndarray) -> dict:
-    """Mean J and F over the objects of frame 0 and frames 1..T-1 of one sequence."""
-    objects = _objects(gt[0])
-    js, fs = [], []
-    for t in range(1, len(gt)):
-        j, f = _frame_scores(pred[t], gt[t], objects)
-        js += j
-        fs += f
-    return _sequence_result(js, fs, len(gt), len(objects))
+    """The official scores of one whole sequence, ``pred`` and ``gt`` both ``(T, H, W)`` labels: the objects of
+    frame 0 (``object_ids``) over frames 1..T-2 (``sequence_scores``), with ``n_frames``, ``n_objects``, ``n_scored``."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt must have the same shape (T, H, W), got {pred.shape} and {gt.shape}")
+    objects = object_ids(gt[0])
+    scores = [_frame_scores(pred[t], gt[t], objects) for t in range(1, _scored_stop(len(gt)))]
+    return _sequence_result([j for j, _ in scores], [f for _, f in scores], objects, len(gt))
 
 
 def _figure_indices(n_frames: int, n: int) -> list[int]:
-    """``n`` scored frames (1..T-1) spread evenly over the sequence."""
+    """``n`` of the frames 1..n_frames-1 spread evenly (``n_frames``: the scored stop, ``_scored_stop``)."""
     if n <= 0 or n_frames < 2:
         return []
     return sorted({int(round(x)) for x in np.linspace(1, n_frames - 1, min(n, n_frames - 1))})
@@ -538,16 +493,21 @@ def davis_protocol(
     """J and F of label propagation on DAVIS sequences (all under ``davis_root`` when ``sequences`` is None).
 
     ``size``: the frames' size for the feature source (int: short side; (H, W): exact); scores are at the
-    annotations' full resolution. ``max_frames`` keeps the first frames of each sequence (smoke tests).
-    Frames stream through (features of ``batch_size`` frames at a time, scored as they come): memory does
+    annotations' full resolution. Frames 1..T-2 are scored, as the official evaluation does; ``max_frames``
+    keeps the first frames of each sequence (smoke tests: frames 1..max_frames-1 are scored, see the module
+    docstring). Frames stream through (features of ``batch_size`` frames at a time, scored as they come): memory does
     not grow with the sequence's length.
 
     Returns:
-        ``{"protocol": "davis", "feature", "sequences": {name: {"J", "F", "J&F", "n_frames", "n_objects"}},
-        "per_sequence": [{"sequence", "J", "F", "J&F", "n_frames", "n_objects"}, ...], "per_frame": {"sequence":
-        [...], "t": [...], "J": [...], "F": [...], "J&F": [...]} (one entry per scored frame, mean over its
-        objects), "J_mean", "F_mean", "JF_mean", "J_std", "F_std", "JF_std", "summary": {"J", "F", "J&F":
-        {"mean", "std"}}, parameters...}``; std is over sequences. With ``figure_frames`` > 0, also ``"figures": {name: {"frames": [t, ...],
+        ``{"protocol": "davis", "feature", "sequences": {name: S}, "per_sequence": [{"sequence", **S}, ...],
+        "per_frame": {"sequence": [...], "t": [...], "J": [...], "F": [...], "J&F": [...]} (one entry per scored
+        frame, mean over its objects), "J_mean", "F_mean", "JF_mean", "J_recall", "J_decay", "F_recall",
+        "F_decay", "J_std", "F_std", "JF_std", "n_objects", "summary": {"J", "F", "J&F": {"mean", "std"}},
+        parameters...}`` with S = ``{"J", "F", "J&F", "J_recall", "J_decay", "F_recall", "F_decay", "per_object":
+        [...], "n_frames", "n_objects", "n_scored"}`` (``davis_measures.sequence_scores``; ``n_frames``: the
+        sequence's frames taken, ``n_scored``: those scored). The data-set means and stds are over all objects
+        of all sequences (``davis_measures.dataset_scores``), as the official J-Mean and F-Mean; ``summary``
+        holds the same means and stds. With ``figure_frames`` > 0, also ``"figures": {name: {"frames": [t, ...],
         "image": uint8 (n, H, W, 3), "pred": uint8 (n, H, W), "gt": uint8 (n, H, W)}}`` for that many frames
         per sequence (the only arrays in the result; everything else is plain numbers).
     """
@@ -563,22 +523,23 @@ def davis_protocol(
     per_frame: dict[str, list] = {"sequence": [], "t": [], "J": [], "F": [], "J&F": []}
     for name in names:
         seq = read_davis_sequence(davis_root, name, resolution)
-        stop = len(seq) if max_frames is None else min(max_frames, len(seq))
+        taken = len(seq) if max_frames is None else min(max_frames, len(seq))
+        stop = _scored_stop(len(seq), max_frames)  # frames 1..stop-1 are scored; the last frame never is
         shown = _figure_indices(stop, figure_frames)
         fig: dict[str, list] = {"frames": shown, "image": [], "pred": [], "gt": []}
         objects: list[int] = []
-        js: list[float] = []
-        fs: list[float] = []
+        js: list[list[float]] = []  # per scored frame, each object's J
+        fs: list[list[float]] = []
         for t, pred, gt in iter_segment_sequence(
             feature_fn, seq.frame_paths[:stop], seq.mask_paths[:stop], size,
             n_context=n_context, topk=topk, temperature=temperature, radius=radius, batch_size=batch_size,
         ):
             if t == 0:
-                objects = _objects(gt)
+                objects = object_ids(gt)
                 continue
             j, f = _frame_scores(pred, gt, objects)
-            js += j
-            fs += f
+            js.append(j)
+            fs.append(f)
             fj, ff = float(np.mean(j)), float(np.mean(f))
             for key, value in (("sequence", name), ("t", t), ("J", fj), ("F", ff), ("J&F", (fj + ff) / 2)):
                 per_frame[key].append(value)
@@ -587,28 +548,21 @@ def davis_protocol(
                 fig["image"].append(np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8))
                 fig["pred"].append(pred.astype(np.uint8))
                 fig["gt"].append(gt.astype(np.uint8))
-        per_seq[name] = _sequence_result(js, fs, stop, len(objects))
+        per_seq[name] = _sequence_result(js, fs, objects, taken)
         if shown:
             figures[name] = {"frames": shown, **{k: np.stack(fig[k]) for k in ("image", "pred", "gt")}}
-    j = [s["J"] for s in per_seq.values()]
-    f = [s["F"] for s in per_seq.values()]
-    jf = [s["J&F"] for s in per_seq.values()]
+    overall = dataset_scores(per_seq)  # means over all objects of all sequences, as the official J-Mean
     out = {
         "protocol": "davis",
         "feature": feature_fn.name,
         "sequences": per_seq,
         "per_sequence": [{"sequence": name, **s} for name, s in per_seq.items()],
         "per_frame": per_frame,
-        "J_mean": float(np.mean(j)),
-        "F_mean": float(np.mean(f)),
-        "JF_mean": float(np.mean(jf)),
-        "J_std": float(np.std(j)),
-        "F_std": float(np.std(f)),
-        "JF_std": float(np.std(jf)),
+        **overall,
         "summary": {
-            "J": {"mean": float(np.mean(j)), "std": float(np.std(j))},
-            "F": {"mean": float(np.mean(f)), "std": float(np.std(f))},
-            "J&F": {"mean": float(np.mean(jf)), "std": float(np.std(jf))},
+            "J": {"mean": overall["J_mean"], "std": overall["J_std"]},
+            "F": {"mean": overall["F_mean"], "std": overall["F_std"]},
+            "J&F": {"mean": overall["JF_mean"], "std": overall["JF_std"]},
         },
         "size": list(size) if isinstance(size, tuple) else size,
         "max_frames": max_frames,

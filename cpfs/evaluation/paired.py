@@ -75,15 +75,20 @@ def all_seeds_at_once(ctx: EvalContext, sources: Sequence[Source], kind: Feature
 
 
 def paired_comparison(ctx: EvalContext, trained: Mapping[str, Any], base: Sequence[Mapping[str, Any]],
-                      metric: str, what: str) -> dict:
+                      metric: str, what: str, against: str | None = None) -> dict:
     """The headline of a per-pair protocol: ``trained``'s per-seed results against ``base``, the per-seed
-    results of random init of the training seed under every pixel seed (``cfg.seed_list``), paired per pair."""
+    results of random init of the training seed under every pixel seed (``cfg.seed_list``), paired per pair.
+    ``against``: another source than random init (e.g. "pixel position alone"), named in the result."""
     a = np.stack([np.asarray(r["per_pair"][metric]) for r in trained["per_seed"]], axis=1)  # (pairs, seeds)
     b = np.stack([np.asarray(r["per_pair"][metric]) for r in base], axis=1)
     groups = list(base[0]["per_pair"]["video_id"])
     if list(trained["per_seed"][0]["per_pair"]["video_id"]) != groups:
         raise RuntimeError("paired comparison: the two sources were scored on different pairs")
-    return paired_summary(a, b, groups, ctx.train_seed, metric, what, ctx.cfg.ci_level)
+    out = paired_summary(a, b, groups, ctx.train_seed, metric, what, ctx.cfg.ci_level)
+    if against is not None:
+        out["against"] = against
+        out["verdict"] = stats.verdict(out, what, against)
+    return out
 
 
 def paired_summary(a: np.ndarray, b: np.ndarray, groups: Sequence[str], seed: int, metric: str, what: str,

@@ -40,8 +40,10 @@ PROTOCOL_TITLES: dict[str, str] = {
     "linear_probe": "Linear probe (top-1 accuracy per layer)",
     "segmentation": "Semantic segmentation probe",
     "davis": "DAVIS label propagation (J, F)",
+    "foreground": "DAVIS foreground/background probe (fitted on davis_train, mIoU per layer)",
     "flow_alignment": "Flow-kernel alignment on held-out video",
     "motion_segmentation": "Motion-segmentation probe on held-out video",
+    "finetune": "Fine-tuning (trunk + new head; VOC 2007 mAP, or digits accuracy at smoke scale)",
 }
 
 
@@ -249,9 +251,12 @@ def write_report(
     meta_json = json.dumps(meta, indent=2, default=_json_default)
     md = [f"# {title}\n", f"Written {doc['written_at']}. Every number, with its configuration and checkpoint, is in `results.json`.\n"]
     verdicts = list(meta.get("verdicts") or [])
+    outlook = list(meta.get("outlook") or [])
     if verdicts:
         md.append("## The result in words\n\n" + "\n".join(f"- {v[0].upper() + v[1:]}." for v in verdicts) + "\n")
         md.append(paired_markdown_table(protocols))
+    if outlook:
+        md.append("## What this shows, and what to run next\n\n" + " ".join(outlook) + "\n")
     md.append("## Results\n\n" + results_markdown_table(results))
     if all_figs:
         md.append("## Figures\n")
@@ -269,6 +274,8 @@ def write_report(
         body.append("<table>" + "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
         body += ["<tr><td>" + esc(r[0]) + "</td>" + "".join(f'<td class="num">{esc(c)}</td>' for c in r[1:]) + "</tr>" for r in rows]
         body.append("</table>")
+    if outlook:
+        body.append('<h2>What this shows, and what to run next</h2><p id="outlook">' + esc(" ".join(outlook)) + "</p>")
     body.append("<h2>Results</h2>")
     for proto, sources in protocols.items():
         if not sources:

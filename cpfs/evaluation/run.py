@@ -12,6 +12,8 @@ protocol                 feature of a network                             baseli
 1 ``linear_probe``       pooled trunk layers (``cfg.layers``)             chance
 2 ``segmentation``       frozen trunk hypercolumns                        position, colour
 5 ``davis``              frozen trunk hypercolumns                        position, colour
+``foreground``           frozen trunk hypercolumns, and each layer        position, colour
+``finetune``             the trunk fine-tuned with a new head (trained)   random init of the training seed
 =======================  ==============================================  ==================================
 
 Each protocol is a module of ``cpfs.evaluation.protocols`` with ``run(ctx) -> dict`` and its ``HEADLINE``
@@ -37,13 +39,22 @@ import torch
 from PIL import Image
 
 from cpfs.config import EvalConfig
+from cpfs.evaluation.outlook import outlook
 from cpfs.evaluation.context import EvalContext, Progress, prepare
 from cpfs.evaluation.features import hypercolumn_features
 from cpfs.evaluation.heldout import motion_probe_halves
 from cpfs.evaluation.motion_segmentation import fit_motion_classifier, predict_motion_mask
 from cpfs.evaluation.pairs import load_pair
 from cpfs.evaluation.plots import qualitative_row
-from cpfs.evaluation.protocols import davis, flow_alignment, linear_probe, motion_segmentation, segmentation
+from cpfs.evaluation.protocols import (
+    davis,
+    finetune,
+    flow_alignment,
+    foreground,
+    linear_probe,
+    motion_segmentation,
+    segmentation,
+)
 from cpfs.evaluation.report import ReportPaths, write_report
 from cpfs.evaluation.sources import RANDOM
 
@@ -54,6 +65,8 @@ PROTOCOLS: dict[str, ModuleType] = {
     "linear_probe": linear_probe,
     "segmentation": segmentation,
     "davis": davis,
+    "foreground": foreground,
+    "finetune": finetune,
 }
 
 
@@ -151,8 +164,9 @@ def build_results(ctx: EvalContext, protocols: Mapping[str, Mapping[str, Any]], 
     notes.append("std is over seeds; random-init network s is built with seed s, BN statistics recalibrated "
                  f"on {cfg.bn_batches}x{cfg.bn_batch_size} training crops"
                  + (" (the checkpoints' too, on the crops of their training seed)." if cfg.recalibrate_checkpoints else "."))
-    verdicts = [src["paired"]["verdict"] + (f" [{name}]" if name != "cpfs" else "")
-                for proto in protocols.values() for name, src in proto.items() if isinstance(src.get("paired"), Mapping)]
+    verdicts = [src[key]["verdict"] + (f" [{name}]" if name != "cpfs" else "")
+                for proto in protocols.values() for name, src in proto.items()
+                for key in ("paired", "paired_position") if isinstance(src.get(key), Mapping)]
     meta = {
         "config": cfg.model_dump(mode="json"),
         "checkpoint": str(ctx.main.path),
@@ -167,6 +181,7 @@ def build_results(ctx: EvalContext, protocols: Mapping[str, Mapping[str, Any]], 
         "notes": notes,
         "warnings": list(ctx.warnings),
         "verdicts": verdicts,
+        "outlook": outlook(protocols, ctx.main.train_config, smoke_scale=cfg.smoke_scale and "linear_probe" in protocols),
     }
     if seconds is not None:
         meta["seconds"] = seconds

@@ -122,12 +122,14 @@ def segmentation_probe(
     weight_decay: float = 1e-3,
     max_iter: int = 200,
     ignore_index: int = IGNORE_INDEX,
+    keep_confusions: bool = False,
 ) -> dict:
     """Train a per-pixel linear classifier on ``train``, report mean IoU on ``val`` (see the module docstring).
 
     ``image_size = (H, W)`` is the size the feature source sees (None: each image's own size); masks are
     scored at their full resolution. Features of all images are computed once; each seed draws its own
-    training pixels.
+    training pixels. ``keep_confusions`` adds ``"confusions"``: int64 ``(n_val, n_seeds, K, K)``, each
+    validation image's own confusion matrix under each seed's classifier (for a bootstrap over images).
 
     Returns:
         ``{"protocol": "segmentation", "feature", "miou" {"mean", "std", "per_seed"}, "pixel_accuracy"
@@ -152,7 +154,8 @@ def segmentation_probe(
         val_feats.append((feature_fn(image).float(), tuple(image.shape[-2:])))
 
     mious, accs, first = [], [], None
-    for seed in seeds:
+    per_image = np.zeros((len(val), len(seeds), num_classes, num_classes), dtype=np.int64)
+    for k, seed in enumerate(seeds):
         rng = np.random.default_rng(seed)
         xs, ys = [], []
         for feat, mask in zip(train_feats, train_masks):
@@ -167,14 +170,13 @@ def segmentation_probe(
         if not xs:
             raise ValueError(f"{train.root}: no labelled pixel in the training split")
         clf = fit_linear_classifier(torch.cat(xs), torch.cat(ys), num_classes, weight_decay=weight_decay, max_iter=max_iter)
-        conf = np.zeros((num_classes, num_classes), dtype=np.int64)
-        for (feat, src_size), mask_path in zip(val_feats, val.mask_paths):
+        for i, ((feat, src_size), mask_path) in enumerate(zip(val_feats, val.mask_paths)):
             target = load_mask(mask_path)
             c, hg, wg = feat.shape[1:]
             logits = clf.logits(feat[0].reshape(c, -1).T).T.reshape(1, -1, hg, wg)  # (1, K, Hg, Wg)
             full = upsample_features(logits, stride, target.shape, source_size=src_size)  # (1, K, H, W)
-            conf += confusion_matrix(class_map(full[0]), target, num_classes, ignore_index)
-        scores = mean_iou(conf)
+            per_image[i, k] = confusion_matrix(class_map(full[0]), target, num_classes, ignore_index)
+        scores = mean_iou(per_image[:, k].sum(0))
         first = first or scores
         mious.append(scores["miou"])
         accs.append(scores["pixel_accuracy"])
@@ -195,4 +197,5 @@ def segmentation_probe(
         "image_size": list(image_size) if image_size else None,
         "seeds": [int(s) for s in seeds],
         "seconds": time.perf_counter() - t0,
+        **({"confusions": per_image} if keep_confusions else {}),
     }

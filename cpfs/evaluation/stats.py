@@ -16,7 +16,7 @@ reports and tests read it without this module.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -100,3 +100,64 @@ def verdict(result: Mapping[str, float], what: str, against: str = "random init"
     if result["ci_high"] < 0:
         return f"the trained network is worse than {against} on {what} by {result['mean']:+.3f} ({ci})"
     return f"the trained network does not measurably beat {against} on {what}: {result['mean']:+.3f} ({ci} includes 0)"
+
+
+def paired_bootstrap_pooled(
+    a: np.ndarray,
+    b: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    groups: Sequence[str] | None = None,
+    *,
+    level: float = 0.95,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    chunk: int = 250,
+) -> dict:
+    """``paired_bootstrap`` for a statistic *pooled* over the rows rather than a mean of per-row scores.
+
+    A data-set mean IoU (VOC convention: one confusion matrix accumulated over all test pixels) is not the
+    mean of per-image IoUs, so the rows are resampled as ``paired_bootstrap`` does (with replacement inside
+    each group, the groups kept as strata, the seed columns resampled too; the same draws in the same order)
+    and the statistic is recomputed on each resample: ``statistic(a[rows][:, cols]) - statistic(b[rows][:,
+    cols])``, the same rows and columns for both (paired).
+
+    Args:
+        a, b: ``(n_rows, n_seeds, ...)`` per-row, per-seed data of the two sources (e.g. confusion matrices).
+        statistic: batched, ``(B, n_rows, n_seeds, ...) -> (B,)``: resamples are scored ``chunk`` at a time.
+        groups: ``(n_rows,)`` stratum of each row; None: one stratum.
+    Returns:
+        The keys of ``paired_bootstrap``; ``mean`` is ``statistic(a) - statistic(b)``.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim < 2 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"a and b must have the same shape (n_rows, n_seeds, ...) with n >= 1, got {a.shape} and {b.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 100:
+        raise ValueError(f"n_boot must be >= 100, got {n_boot}")
+    n, k = a.shape[:2]
+    g = np.zeros(n, dtype=np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    if g.shape != (n,):
+        raise ValueError(f"groups must have one entry per row of a ({n}), got {np.shape(groups)}")
+    rng = np.random.default_rng(seed)
+    strata = [np.flatnonzero(g == j) for j in range(int(g.max()) + 1)]
+    rows, cols = np.empty((n_boot, n), dtype=np.int64), np.empty((n_boot, k), dtype=np.int64)
+    for i in range(n_boot):
+        rows[i] = np.concatenate([idx[rng.integers(0, idx.size, idx.size)] for idx in strata])
+        cols[i] = rng.integers(0, k, k)
+    diffs = np.concatenate([
+        statistic(a[r[:, :, None], c[:, None, :]]) - statistic(b[r[:, :, None], c[:, None, :]])  # (chunk, n, k, ...)
+        for r, c in zip(np.split(rows, range(chunk, n_boot, chunk)), np.split(cols, range(chunk, n_boot, chunk)))])
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(diffs, [alpha, 1.0 - alpha])
+    return {
+        "mean": float(statistic(a[None])[0] - statistic(b[None])[0]),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "level": float(level),
+        "n_pairs": int(n),
+        "n_seeds": int(k),
+        "n_groups": len(strata),
+        "n_boot": int(n_boot),
+        "p_below_zero": float((diffs <= 0).mean()),
+    }

@@ -64,11 +64,12 @@ def synthetic_video(seed: int, n_frames: int = T, h: int = H, w: int = W) -> tup
 
 
 def add_video(store: VideoStore, video_id: str, frames: np.ndarray, flow: np.ndarray, cut: np.ndarray | None = None,
-              finalize: bool = True) -> None:
-    """Write one video through the storage API (one shard block each), optionally leaving it incomplete."""
+              finalize: bool = True, source_path: str | None = None) -> None:
+    """Write one video through the storage API (one shard block each), optionally leaving it incomplete;
+    ``source_path``: what the store records as its source (default ``/synthetic/<id>``)."""
     t, h, w, _ = frames.shape
     record = VideoRecord(
-        video_id=video_id, source=VideoSource(path=f"/synthetic/{video_id}", kind="frames"),
+        video_id=video_id, source=VideoSource(path=source_path or f"/synthetic/{video_id}", kind="frames"),
         meta=VideoMeta(width=w, height=h, fps=25.0, n_frames=t, duration_s=None, codec="png"),
         width=w, height=h, n_frames=t, size_bytes=0,
     )
@@ -187,6 +188,26 @@ def test_colour_jitter_changes_image_only() -> None:
     i1, f1 = augment_pair(image, flow, pj, 32)
     np.testing.assert_array_equal(f0, f1)
     assert not np.allclose(i0, i1) and i1.min() >= 0 and i1.max() <= 1
+
+
+def test_grayscale_gives_the_luma_in_every_channel_and_leaves_the_flow() -> None:
+    image, flow = _ramp_pair()
+    plain = AugmentConfig(scale_min=1.0, scale_max=1.0, hflip=0.0, color_jitter=0.0)
+    gray = plain.model_copy(update={"grayscale": 1.0})
+    p0 = draw_crop(np.random.default_rng(5), 40, 50, 32, plain)
+    p1 = draw_crop(np.random.default_rng(5), 40, 50, 32, gray)
+    assert (p0.y0, p0.x0, p0.side, p0.flip) == (p1.y0, p1.x0, p1.side, p1.flip) and not p0.gray and p1.gray
+    i0, f0 = augment_pair(image, flow, p0, 32)
+    i1, f1 = augment_pair(image, flow, p1, 32)
+    np.testing.assert_array_equal(f0, f1)
+    luma = i0 @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    for c in range(3):
+        np.testing.assert_allclose(i1[..., c], luma, atol=1e-6)
+    # the probability is honoured: about half of many draws at 0.5
+    half = plain.model_copy(update={"grayscale": 0.5})
+    rng = np.random.default_rng(0)
+    share = np.mean([draw_crop(rng, 40, 50, 32, half).gray for _ in range(2000)])
+    assert 0.45 < share < 0.55
 
 
 # ----------------------------------------------------------------------------------------------- dataset

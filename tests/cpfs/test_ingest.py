@@ -17,9 +17,9 @@ from cpfs.errors import StoreError
 from cpfs.flow import make_backend
 from cpfs.ingest import ingest_video, plan_ranges, prepare_video
 from cpfs.records import VideoSource
-from cpfs.video import decode
+from cpfs.video import DecodeReport, decode
 from storage import VideoStore
-from tests.helpers import cut_clip, truncated_copy
+from tests.helpers import cut_clip, h264_with_damage, truncated_copy
 
 
 def _cfg(store: Path, **kw) -> IngestConfig:
@@ -113,6 +113,56 @@ def test_bad_video_fails_with_reason_and_stores_nothing(tmp_path, clip, kind):
     assert str(p) in res.error
     store = VideoStore.open(cfg.store, create=True)
     assert store.complete_ids() == []
+
+
+@pytest.fixture(scope="module")
+def damaged_video(tmp_path_factory) -> Path:
+    """A real H.264 mp4 with 300 random bytes (seed 1) past the middle of its media data (``clean.mp4`` beside
+    it is the intact original): ffmpeg conceals the damage and flags one frame."""
+    d = tmp_path_factory.mktemp("damaged")
+    return h264_with_damage(d / "clean.mp4", d / "damaged.mp4", seed=1)[1]
+
+
+def test_a_damaged_stream_is_stored_with_its_decode_errors_and_training_skips_them(tmp_path, damaged_video):
+    """Issue 21: stored, never as clean. The errors of every range (later ranges seek) are recorded with the
+    video, the result says which frames, a second ingest says it again, and training skips the pairs."""
+    from cpfs.data import FlowPairDataset
+
+    src = VideoSource(str(damaged_video), "file")
+    cfg = _cfg(tmp_path / "s.zarr")  # ranges of 8 frames: the damage spans ranges
+    one_pass = DecodeReport()
+    list(decode(src, cfg.decode, report=one_pass))
+    assert one_pass.errors.count == 1
+    res = ingest_video(src, cfg)
+    assert res.status == "stored", res.error
+    assert res.note == f"stored with {one_pass.errors.describe()}" and res.extra["decode_errors"] == 1
+    store = VideoStore.open(cfg.store, create=False)
+    vid = res.video_id
+    assert store.decode_errors(vid) == one_pass.errors
+    assert store.video_attrs(vid)["decode_errors"]["damaged_frames"] == [list(r) for r in one_pass.errors.damaged]
+    damaged = store.damaged_frames(vid)
+    ((a, b),) = one_pass.errors.damaged
+    assert damaged.sum() == b - a and damaged[a:b].all()
+
+    cut = store.read_cut(vid)
+    kept = FlowPairDataset(cfg.store, [vid], crop=32)
+    assert [kept.pair(i)[1] for i in range(len(kept))] == [
+        t for t in range(59) if not cut[t] and not damaged[t] and not damaged[t + 1]]
+    assert len(FlowPairDataset(cfg.store, [vid], crop=32, skip_damaged=False)) == 59 - cut.sum()
+
+    again = ingest_video(src, cfg)
+    assert again.status == "skipped" and again.note == res.note
+
+
+def test_strict_decode_fails_a_damaged_video_and_stores_a_clean_one(tmp_path, damaged_video):
+    cfg = _cfg(tmp_path / "s.zarr", strict_decode=True)
+    res = ingest_video(VideoSource(str(damaged_video), "file"), cfg)
+    assert res.status == "failed"
+    assert res.error.startswith(f"{damaged_video}: decode errors (1 decode error in frames ~"), res.error
+    store = VideoStore.open(cfg.store, create=False)
+    assert store.complete_ids() == []
+    clean = ingest_video(VideoSource(str(damaged_video.parent / "clean.mp4"), "file"), cfg)
+    assert clean.status == "stored" and clean.note is None and clean.extra["decode_errors"] == 0
 
 
 _KILL_SCRIPT = r"""

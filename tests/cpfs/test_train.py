@@ -107,6 +107,11 @@ def test_checkpoint_contents_and_pruning(store3: StoreConfig, tmp_path: Path) ->
     held = payload["split"]["heldout"]
     assert len(held) == 1 and len(payload["split"]["train"]) == 2 and held[0][1:] == [0, 12]
     assert [r.video_id for r in result.heldout] == [held[0][0]]
+    # what the model card needs (cpfs.model_card): each video's name and flow backend, the machine, the time
+    prov = payload["provenance"]
+    assert set(prov["videos"]) == {r[0] for r in payload["split"]["train"] + held}
+    assert all(v["name"] and v["backend"] for v in prov["videos"].values())
+    assert prov["hardware"]["device"] == "cpu" and prov["train_seconds"] > 0
 
 
 def test_loss_falls(store3: StoreConfig, tmp_path: Path) -> None:

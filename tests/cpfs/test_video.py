@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,10 +22,13 @@ from cpfs.config import DecodeConfig
 from cpfs.discovery import content_id, discover, list_frames, sample_videos
 from cpfs.errors import VideoError
 from cpfs.probe import expected_frame_count, output_size, probe
-from cpfs.records import VideoMeta, VideoSource
-from cpfs.video import decode, decode_range, decode_stream, seek_points
+from cpfs.probe import ffmpeg_message
+from cpfs.records import DecodeErrors, VideoMeta, VideoSource
+from cpfs.video import DecodeReport, decode, decode_range, decode_stream, seek_points
 from cpfs.video import _command  # only to check which demuxer reads a frame folder
+from cpfs.video import _damaged_mask, _Decoded  # the damage's reach, on a made-up frame sequence
 from imageio_ffmpeg import get_ffmpeg_exe
+from tests.helpers import h264_with_damage
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 DAVIS = DATA / "davis"
@@ -407,6 +412,129 @@ def test_spaces_and_non_ascii_paths_work_everywhere(tmp_path) -> None:
     assert video.exists()
 
 
+def test_discover_reports_each_unreadable_entry_and_finds_every_other_video(tmp_path) -> None:
+    """Issue 21: a symbolic link loop (two links naming each other) and a dangling link beside a good video.
+    Each becomes its own "unreadable" error naming the entry; the good video, and a frame folder holding a
+    looping entry among its frames, are still found (and the frame folder decodes without that entry)."""
+    root = tmp_path / "drop"
+    good = make_video(root / "good.mp4", 5)
+    (root / "loop a.mp4").symlink_to("loop b.mp4")
+    (root / "loop b.mp4").symlink_to("loop a.mp4")
+    (root / "dangling.mkv").symlink_to(tmp_path / "moved away.mkv")
+    (root / "notes.txt").symlink_to("nowhere.txt")  # could never have been a video: not reported
+    (root / "linked folder").symlink_to("linked folder")  # a link to itself, named like a folder
+    make_frames(root / "seq", ["0000.png", "0001.png", "0002.png"])
+    (root / "seq" / "0003.png").symlink_to("0003.png")
+
+    sources, errors = discover([root, root / "loop a.mp4"])
+    assert sources == [file_source(good), VideoSource(str(root / "seq"), "frames")]
+    assert [(e.path, e.reason, e.detail) for e in errors] == [
+        (str(root / "dangling.mkv"), "unreadable", f"dangling symbolic link to {tmp_path / 'moved away.mkv'}"),
+        (str(root / "linked folder"), "unreadable", "symbolic link loop"),
+        (str(root / "loop a.mp4"), "unreadable", "symbolic link loop"),  # reached twice, reported once
+        (str(root / "loop b.mp4"), "unreadable", "symbolic link loop"),
+        (str(root / "seq" / "0003.png"), "unreadable", "symbolic link loop"),
+    ]
+    assert [p.name for p in list_frames(root / "seq")] == ["0000.png", "0001.png", "0002.png"]
+    assert len(list(decode(sources[1], DecodeConfig(short_side=16)))) == 3
+    assert len(content_id(sources[1])) == 20
+    # a frame folder given directly: its unreadable entry is reported too
+    assert [(e.path, e.reason) for e in discover([root / "seq"])[1]] == [(str(root / "seq" / "0003.png"), "unreadable")]
+
+
+def test_a_folder_that_vanishes_while_walked_is_reported_and_the_walk_goes_on(tmp_path, monkeypatch) -> None:
+    """The race, made certain: the sub-folder is removed just before the walk lists it."""
+    root = tmp_path / "drop"
+    good = make_video(root / "a" / "good.mp4", 5)
+    make_video(root / "gone" / "lost.mp4", 5)
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # noqa: ANN001, ANN202
+        if isinstance(path, str | os.PathLike) and Path(path).name == "gone":  # (rmtree passes descriptors)
+            shutil.rmtree(path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    sources, errors = discover([root])
+    assert sources == [file_source(good)]
+    assert [(e.path, e.reason, e.detail) for e in errors] == [
+        (str(root / "gone"), "unreadable", "vanished while the folder was read")]
+
+
+def _as_another_user(fn):  # noqa: ANN001, ANN202
+    """``fn()`` where permissions apply: run directly when not root; as root (who reads everything) in a forked
+    child that becomes user ``nobody``, its result (or exception) sent back through a pipe."""
+    if os.geteuid() != 0:
+        return fn()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only os calls and fn, then os._exit (never back into pytest)
+        code = 0
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            data = pickle.dumps(fn())
+        except BaseException as e:  # noqa: BLE001 - sent to the parent
+            code, data = 1, pickle.dumps(RuntimeError(f"{type(e).__name__}: {e}"))
+        with os.fdopen(w, "wb") as fh:
+            fh.write(data)
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    _, status = os.waitpid(pid, 0)
+    result = pickle.loads(data)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise result
+    return result
+
+
+def test_entries_without_permission_fail_alone() -> None:
+    """A folder that cannot be listed is an "unreadable" error; a file that cannot be read is found (its name
+    and type can be read) and fails alone when it is hashed. chmod does not stop root: as root the checks
+    run as user nobody in a forked child."""
+    base = Path(tempfile.mkdtemp(prefix="cpfs-perm-"))
+    try:
+        base.chmod(0o755)
+        good = make_video(base / "good.mp4", 5)
+        secret = make_video(base / "secret.mp4", 5)
+        make_video(base / "locked" / "inside.mp4", 5)
+        for p in (base, good):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        secret.chmod(0o000)
+        (base / "locked").chmod(0o000)
+
+        def check() -> tuple:
+            sources, errors = discover([base])
+            hashed = []
+            for s in sources:
+                try:
+                    hashed.append(len(content_id(s)))
+                except VideoError as e:
+                    hashed.append((e.path, e.reason, e.detail))
+            return sources, [(e.path, e.reason, e.detail) for e in errors], hashed
+
+        sources, errors, hashed = _as_another_user(check)
+        assert sources == [file_source(good), file_source(secret)]
+        assert errors == [(str(base / "locked"), "unreadable", "permission denied")]
+        assert hashed == [20, (str(secret), "unreadable", "secret.mp4: permission denied")]
+    finally:
+        if (base / "locked").exists():
+            (base / "locked").chmod(0o755)
+        shutil.rmtree(base)
+
+
+def test_a_loop_or_dangling_link_given_by_name_is_unreadable_not_missing(tmp_path) -> None:
+    (tmp_path / "a.mp4").symlink_to("b.mp4")
+    (tmp_path / "b.mp4").symlink_to("a.mp4")
+    (tmp_path / "c.mp4").symlink_to("gone.mp4")
+    _, errors = discover([tmp_path / "a.mp4", tmp_path / "c.mp4", tmp_path / "d.mp4"])
+    assert [(Path(e.path).name, e.reason) for e in errors] == [("a.mp4", "unreadable"), ("c.mp4", "unreadable"),
+                                                              ("d.mp4", "missing")]
+
+
 # ------------------------------------------------------------------------------------ content_id
 
 
@@ -481,7 +609,18 @@ def test_probe_and_decode_name_the_bad_file_and_reason(bad_files, key, reason) -
         assert err.reason == reason, str(err)
         assert err.path == src.path and bad_files[key].name in str(err)
         if key not in ("empty",):
-            assert err.detail  # ffmpeg's own line
+            assert err.detail  # ffmpeg's own line...
+        assert " @ 0x" not in str(err) and "[" not in err.detail.split(":")[0]  # ...without ffmpeg's pointers
+    if key == "moov_end":
+        assert _reason(probe, src).detail == "moov atom not found"
+
+
+def test_ffmpeg_message_strips_contexts_pointers_and_levels() -> None:
+    assert ffmpeg_message("[in#0 @ 0x5569aab07080] moov atom not found") == "moov atom not found"
+    assert ffmpeg_message("[vist#0:0/h264 @ 0x55e25da867c0] [dec:h264 @ 0x55e25db14dc0] [warning] corrupt decoded "
+                          "frame\n") == "corrupt decoded frame"
+    assert ffmpeg_message("[error] Error opening input file x.mp4.") == "Error opening input file x.mp4."
+    assert ffmpeg_message("  Stream #0:0[0x1](und): Video: h264") == "Stream #0:0[0x1](und): Video: h264"
 
 
 def test_truncated_video_raises_after_its_good_frames(bad_files) -> None:
@@ -509,6 +648,68 @@ def test_missing_path(tmp_path) -> None:
     for err, name in ((_reason(probe, gone), "gone.mp4"), (_reason(decode, gone, DecodeConfig()), "gone.mp4"),
                       (_reason(probe, folder), "no frames"), (_reason(content_id, folder), "no frames")):
         assert err.reason == "missing" and name in str(err)
+
+
+# ------------------------------------------------------------------------------- decode errors
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory) -> tuple[VideoSource, VideoSource]:
+    """A real H.264 mp4 and a copy with 300 random bytes (seed 1) past the middle of its media data."""
+    d = tmp_path_factory.mktemp("damaged")
+    clean, bad = h264_with_damage(d / "clean.mp4", d / "damaged.mp4", seed=1)
+    plain = subprocess.run([get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(bad), "-f", "null", "-"],
+                           capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 0 and "corrupt decoded frame" in plain.stderr  # ffmpeg itself says so
+    return file_source(clean), file_source(bad)
+
+
+def test_decode_reports_the_flagged_frame_and_exactly_the_frames_its_damage_reaches(damaged) -> None:
+    clean, bad = damaged
+    cfg = DecodeConfig(short_side=None)
+    clean_report, report = DecodeReport(), DecodeReport()
+    ref = np.stack(list(decode(clean, cfg, report=clean_report)))
+    got = np.stack(list(decode(bad, cfg, report=report)))
+    assert not clean_report.errors
+    assert got.shape == ref.shape == (60, 96, 128, 3)  # every frame decodes: the damage is concealed
+    differ = np.flatnonzero((got != ref).any(axis=(1, 2, 3)))
+    a, b = int(differ[0]), int(differ[-1]) + 1
+    assert list(differ) == list(range(a, b)) and b % 20 == 0  # up to the next key frame (one every 20)
+    assert report.errors == DecodeErrors(corrupt=report.errors.corrupt, damaged=((a, b),))
+    assert report.errors.count == 1 and a < report.errors.corrupt[0] < b  # B-frames shown before it: damaged
+    assert report.errors.describe() == f"1 decode error in frames ~{a}-{b - 1}"
+
+
+@pytest.mark.parametrize("step", [1, 2])
+def test_ranges_seeking_or_not_report_together_what_one_pass_reports(damaged, step) -> None:
+    """Ranges decoded as an ingest decodes them (each with its look-ahead frame; later ones seek to a key frame
+    before them): the union of their reports is the whole decode's, whatever range sees the damaged frame."""
+    _, bad = damaged
+    cfg = DecodeConfig(short_side=None, step=step)
+    meta = probe(bad)
+    whole = DecodeReport()
+    n = len(list(decode(bad, cfg, meta, whole)))
+    starts = list(range(0, n, 8))
+    seeks = seek_points(bad, cfg, meta, starts)
+    assert any(p.seek_s is not None for p in seeks.values())
+    seeking = plain = DecodeErrors()
+    for a in starts:
+        with_seek, without = DecodeReport(), DecodeReport()
+        list(decode_stream(bad, cfg, a, min(a + 9, n), meta, seeks.get(a), with_seek))
+        list(decode_stream(bad, cfg, a, min(a + 9, n), meta, None, without))
+        seeking, plain = seeking.union(with_seek.errors), plain.union(without.errors)
+    assert whole.errors.count == 1
+    assert seeking == plain == whole.errors
+
+
+def test_damage_reaches_back_over_b_frames_and_stops_at_a_clean_key_frame() -> None:
+    def f(key: bool = False, b: bool = False, corrupt: bool = False) -> _Decoded:
+        return _Decoded(t=None, key=key, b_frame=b, corrupt=corrupt)
+
+    seq = [f(key=True), f(), f(b=True), f(b=True), f(corrupt=True), f(b=True), f(), f(key=True), f(b=True)]
+    assert _damaged_mask(seq).tolist() == [False, False, True, True, True, True, True, False, False]
+    seq = [f(key=True, corrupt=True), f(), f(key=True), f(corrupt=True, b=True), f()]
+    assert _damaged_mask(seq).tolist() == [True, True, False, True, True]
 
 
 # ------------------------------------------------------------------------ process hygiene, timeouts

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,8 @@ from prefect.flows import Flow
 from typer.testing import CliRunner
 
 from cpfs.config import TrainConfig, TrainStageConfig
-from flows.cli import TRAIN_OPTIONS, app
-from flows.evaluate import build_eval_config
+from cpfs.config import EvalConfig
+from flows.cli import EVAL_OPTIONS, TRAIN_OPTIONS, app
 from flows.model_options import build_config
 
 FORBIDDEN = "/proc/forbidden.zarr"  # /proc refuses new files even to root, whatever os.access says
@@ -162,7 +163,8 @@ def test_every_ingest_and_pipeline_field_is_a_flag_under_its_known_name():
     from flows.cli import INGEST_OPTIONS, RUN_OPTIONS
 
     assert {o.loc for o in INGEST_OPTIONS} == set(_model_leaves(IngestConfig)) - {("inputs",)}
-    one_store = {("ingest", "inputs"), ("train", "store"), ("evaluate", "store")}
+    # one store (ingest's), and training's held-out videos are evaluation's in a pipeline
+    one_store = {("ingest", "inputs"), ("train", "store"), ("evaluate", "store"), ("evaluate", "heldout_videos")}
     assert {o.loc for o in RUN_OPTIONS} == {loc for loc in _model_leaves(PipelineConfig)
                                            if not any(loc[:len(x)] == x for x in one_store)}
     for options in (INGEST_OPTIONS, RUN_OPTIONS):
@@ -172,17 +174,20 @@ def test_every_ingest_and_pipeline_field_is_a_flag_under_its_known_name():
                 "--dask-address", "--tvl1-lambda", "--tvl1-scales", "--tvl1-iterations", "--dis-preset"} <= set(flags)
         assert flags["--store"] == ("store", "path") and flags["--workers"][-1] == "n_workers"
     run_flags = {o.flag for o in RUN_OPTIONS}
-    assert {"--run-dir", "--preset", "--loss", "--steps", "--seeds", "--davis", "--evaluate-threads"} <= run_flags
+    assert {"--run-dir", "--preset", "--loss", "--steps", "--seeds", "--davis", "--heldout-videos"} <= run_flags
+    # a name two stages share carries each one's stage: never one plain and one prefixed
+    assert {"--train-threads", "--evaluate-threads", "--train-min-moving-fraction",
+            "--evaluate-min-moving-fraction"} <= run_flags and "--threads" not in run_flags
 
 
 def test_evaluate_keeps_the_config_files_store_and_out(tmp_path):
     f = tmp_path / "eval.json"
     f.write_text(json.dumps({"checkpoint": "runs/x", "store": {"path": "/data/s.zarr", "shard_frames": 8},
                              "out": "/data/eval", "seeds": 2}))
-    cfg, _, _ = build_eval_config(f, {})
+    cfg, _, _ = build_config(EvalConfig, EVAL_OPTIONS, {}, f)
     assert (cfg.store.path, cfg.store.shard_frames, cfg.out, cfg.seeds, cfg.checkpoint) == \
         ("/data/s.zarr", 8, "/data/eval", 2, "runs/x")
-    cfg, _, _ = build_eval_config(f, {"store": "/other.zarr", "out": "/o", "seeds": 5})
+    cfg, _, _ = build_config(EvalConfig, EVAL_OPTIONS, {"store": "/other.zarr", "out": "/o", "seeds": 5}, f)
     assert (cfg.store.path, cfg.store.shard_frames, cfg.out, cfg.seeds) == ("/other.zarr", 8, "/o", 5)
 
 
@@ -241,3 +246,152 @@ def test_a_prefect_home_in_a_missing_folder_is_created(tmp_path):
     assert out.returncode == 0, out.stderr
     assert home.is_dir() and "Failed to create the Prefect home directory" not in out.stderr
     assert out.stdout.strip() == str(home)
+
+
+# -----------------------------------------------------------------------------------------------------------
+# A command line that answers at once, help a person can read, names as well as ids, `cpfs ls`
+
+HEAVY = {"torch", "prefect", "cv2", "zarr", "dask"}
+
+
+def test_help_a_typo_and_pre_flight_errors_import_nothing_heavy(tmp_path):
+    """`cpfs --help`, every command's help, a mistyped flag and pre-flight errors, in a fresh interpreter: no
+    torch, Prefect, OpenCV, zarr or dask is imported (counted in sys.modules, not timed)."""
+    (tmp_path / "s.zarr").mkdir()
+    calls = [["--help"], ["run", "--help"], ["train", "--help"], ["ingest", "--help"], ["evaluate", "--help"],
+             ["ls", "--help"], ["train", "--stpes", "3"], ["run", str(tmp_path / "nope.mp4")],
+             ["train", "--store", str(tmp_path / "s.zarr"), "--run-dir", "/proc/forbidden-run"],
+             ["run", "--steps", "0"], ["train", "--preset", "cpu-hour", "--print-config"]]
+    code = ("import json, sys\nfrom typer.testing import CliRunner\nfrom flows.cli import app\n"
+            f"codes = [CliRunner().invoke(app, a).exit_code for a in {calls!r}]\n"
+            "print(json.dumps({'codes': codes, 'modules': sorted(sys.modules)}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["codes"] == [0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 0]
+    assert sorted({m.split(".")[0] for m in got["modules"]} & HEAVY) == []
+    assert len(got["modules"]) < 1000  # typer, rich, pydantic and the configuration; torch alone is over 1,000
+
+
+def _flat(text: str) -> str:
+    """Help text without the boxes' lines and the wrapping: one space between words."""
+    return " ".join(re.sub("[│╭╮╰╯─]", " ", text).split())
+
+
+@pytest.mark.parametrize("command, options", [("run", "RUN_OPTIONS"), ("train", "TRAIN_OPTIONS"),
+                                               ("ingest", "INGEST_OPTIONS"), ("evaluate", "EVAL_OPTIONS")])
+def test_help_panels_defaults_and_80_columns(command, options):
+    import flows.cli
+
+    r = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert r.exit_code == 0, r.output
+    assert max(len(line) for line in r.output.splitlines()) <= 80
+    for o in getattr(flows.cli, options):  # every flag whole: none cut short with "…"
+        assert re.search(rf"(?<![\w-]){re.escape(o.flag)}(?![\w-])", r.output), (o.flag, o.panel)
+        assert o.panel and f"─ {o.panel} ─" in r.output
+    panels = re.findall(r"╭─ (.+?) ─", r.output)
+    assert panels[panels.index("Options") + 1] == "Common"  # the flags most runs set come first
+    text = _flat(r.output)
+    if command in ("run", "train"):
+        assert "--steps <int> Optimisation steps [default: 200; cpu-hour: 2500, paper: 100000]" in text
+        assert "[default: kta-centered; paper: ce]" in text and "[default: on]" in text
+    if command == "run":
+        assert {"Ingest: Decode", "Ingest: TV-L1 (--backend *tvl1)", "Training: Model", "Training: Loss",
+                "Training: Optimiser (AdamW)", "Training: Schedule", "Training: Augmentation", "Training: Validation",
+                "Evaluation: DAVIS propagation"} <= set(panels)
+        assert "--out <str> Output folder: results.json, report.md, report.html, figures/ [default: runs/demo/eval]" \
+            in text
+
+
+def test_print_config_prints_the_preset_with_the_flags_given(tmp_path, monkeypatch, no_prefect):
+    code, out = _cli(["train", "--preset", "cpu-hour", "--steps", "7", "--no-augment-enabled", "--print-config"],
+                     tmp_path, monkeypatch)
+    assert code == 0, out
+    cfg = json.loads(out)
+    assert (cfg["train"]["preset"], cfg["train"]["steps"], cfg["train"]["crop"], cfg["train"]["augment"]["enabled"]) \
+        == ("cpu-hour", 7, 128, False)
+    assert TrainStageConfig.model_validate(cfg).train.checkpoint_every == 250  # a config file `--config` reads back
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["server", "--port", "0"], "error: --port: must be a port number from 1 to 65535 (got 0)"),
+    (["train", "--optimizer-betas", "0.9"],
+     "error: --optimizer-betas: Input should be a valid tuple (got 0.9); expected JSON such as [0.9, 0.999]"),
+    (["train", "--stpes", "3"], "error: --stpes: no such option (did you mean --preset or --steps or --store?)"),
+    (["run", "--force", "everything"], "error: --force: unknown stage 'everything'; one of ingest, train, evaluate"),
+    (["train", "--resume", "--no-resume"], "error: --resume: given with --no-resume: give one of them"),
+])
+def test_every_error_is_one_line_in_one_style(tmp_path, monkeypatch, no_prefect, command, expected):
+    code, out = _cli(command, tmp_path, monkeypatch)
+    assert code == 2 and _one_error(out) == expected
+
+
+@pytest.fixture
+def named_store(tmp_path):
+    """A store with a complete video from two folders each (one name twice), an incomplete one, one with a lost
+    shard and one that decoded with errors."""
+    from cpfs.config import StoreConfig
+    from cpfs.records import DecodeErrors, FrameRange
+    from storage import VideoStore
+    from tests.storage.test_store import ingest, make_record
+
+    vs = VideoStore.open(StoreConfig(path=str(tmp_path / "s.zarr"), shard_frames=4), create=True)
+    ingest(vs, make_record("aaaaaaaaaaaaaaaaaaaa", path="/v/a/clip.mp4"), seed=0)
+    ingest(vs, make_record("bbbbbbbbbbbbbbbbbbbb", path="/v/b/clip.mp4"), seed=1)
+    ingest(vs, make_record("cccccccccccccccccccc", path="/v/carphone_pristine.mp4"), seed=2)
+    ingest(vs, make_record("dddddddddddddddddddd", path="/v/half.mp4"), seed=3, finalize=False)
+    ingest(vs, make_record("eeeeeeeeeeeeeeeeeeee", path="/v/lost.mp4"), seed=4)
+    next((tmp_path / "s.zarr" / "videos" / "eeeeeeeeeeeeeeeeeeee" / "frames").rglob("c/*/*/*/*")).unlink()
+    ingest(vs, make_record("ffffffffffffffffffff", path="/data/davis/soapbox"), seed=5, finalize=False)
+    vs.mark_done("ffffffffffffffffffff", "frames", FrameRange("ffffffffffffffffffff", 0, 4), DecodeErrors.of([2], [(2, 4)]))
+    vs.finalize("ffffffffffffffffffff", np.zeros(9, bool))
+    return tmp_path / "s.zarr"
+
+
+def test_held_out_videos_by_name_are_resolved_before_prefect_starts(named_store, tmp_path, monkeypatch):
+    started = []
+
+    def record(self, config, **kwargs):  # noqa: ANN001, ANN003
+        started.append(config)
+        raise RuntimeError("stop here: the flow got its configuration")
+
+    monkeypatch.setattr(Flow, "__call__", record)
+    base = ["train", "--store", str(named_store), "--run-dir", str(tmp_path / "run")]
+    code, out = _cli([*base, "--heldout-videos", "clip.mp4"], tmp_path, monkeypatch)
+    assert code == 2
+    line = _one_error(out)
+    assert line.startswith("error: --heldout-videos: 'clip.mp4' is ambiguous: it names 2 videos "
+                           "(/v/a/clip.mp4 (aaaaaaaaaaaaaaaaaaaa), /v/b/clip.mp4 (bbbbbbbbbbbbbbbbbbbb))"), line
+    code, out = _cli([*base, "--heldout-videos", "nope.mp4"], tmp_path, monkeypatch)
+    assert code == 2 and f"'nope.mp4' names no video (not an id, file or folder name); the store {named_store} " \
+        "holds: carphone_pristine.mp4 (cccccccccccccccccccc), clip.mp4 (aaaaaaaaaaaaaaaaaaaa)" in _one_error(out)
+    code, out = _cli([*base, "--heldout-videos", "*.avi"], tmp_path, monkeypatch)
+    assert code == 2 and "'*.avi' matches no video" in _one_error(out)
+    with pytest.raises(RuntimeError, match="stop here"):
+        _cli([*base, "--heldout-videos", "carphone_pristine.mp4", "--heldout-videos", "b/clip.mp4",
+              "--heldout-videos", "soap*"], tmp_path, monkeypatch)
+    assert started[0].train.heldout_videos == ["cccccccccccccccccccc", "bbbbbbbbbbbbbbbbbbbb", "ffffffffffffffffffff"]
+
+
+def test_ls_lists_every_video_with_its_status_and_damage(named_store, tmp_path, monkeypatch, no_prefect):
+    code, out = _cli(["ls", "--store", str(named_store)], tmp_path, monkeypatch)
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "ID", "FRAMES", "SIZE", "CUTS", "BACKEND", "MOVING", "STATUS", "DAMAGE"]
+    rows = {line.split()[1]: line for line in lines[1:-1]}
+    assert rows["cccccccccccccccccccc"].split()[:9] == \
+        ["carphone_pristine.mp4", "cccccccccccccccccccc", "10", "24x16", "1", "opencv-dis"] + \
+        rows["cccccccccccccccccccc"].split()[6:7] + ["complete", "-"]
+    assert rows["dddddddddddddddddddd"].split()[4:9] == ["-", "opencv-dis", "-", "incomplete", "-"]
+    assert "complete" in rows["eeeeeeeeeeeeeeeeeeee"] and "frames frames [" in rows["eeeeeeeeeeeeeeeeeeee"]
+    assert rows["ffffffffffffffffffff"].startswith("soapbox ")
+    assert rows["ffffffffffffffffffff"].endswith("1 decode error(s), 2 frame(s) affected")
+    assert lines[-1] == f"store: {named_store}  6 video(s): 5 complete, 1 incomplete, 2 with damage"
+    code, out = _cli(["ls", "--store", str(named_store), "--json"], tmp_path, monkeypatch)
+    videos = [json.loads(line) for line in out.splitlines()]
+    assert [(v["name"], v["status"], v["ok"]) for v in videos] == [
+        ("clip.mp4", "complete", True), ("clip.mp4", "complete", True), ("carphone_pristine.mp4", "complete", True),
+        ("half.mp4", "incomplete", False), ("lost.mp4", "complete", False), ("soapbox", "complete", False)]
+    assert 0 <= videos[0]["moving_fraction"] <= 1 and videos[4]["problems"][0].endswith("missing")
+    code, out = _cli(["ls", "--store", str(tmp_path / "none.zarr")], tmp_path, monkeypatch)
+    assert code == 2 and _one_error(out).startswith("error: --store: ")

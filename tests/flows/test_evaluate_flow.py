@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from cpfs.config import StoreConfig
@@ -99,12 +98,9 @@ def test_flow_writes_report_publishes_artifacts_and_caches(prefect_server, train
 
 
 def test_command_rejects_a_missing_checkpoint_before_prefect_starts(trained, tmp_path: Path) -> None:
-    from flows.evaluate import evaluate_command
+    from flows.cli import app
 
     store_cfg, _ = trained
-    app = typer.Typer()
-    app.command("evaluate")(evaluate_command)
-    app.command("noop")(lambda: None)  # two commands: the subcommand name is part of the command line
     missing = tmp_path / "nowhere.pt"
     r = CliRunner().invoke(app, ["evaluate", "--store", store_cfg.path, "--checkpoint", str(missing),
                                  "--out", str(tmp_path / "o")])

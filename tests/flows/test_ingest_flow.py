@@ -11,7 +11,7 @@ import pytest
 
 from cpfs.config import IngestConfig
 from storage import VideoStore
-from tests.helpers import cut_clip, truncated_copy
+from tests.helpers import cut_clip, h264_with_damage, truncated_copy
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,14 @@ def inputs(tmp_path_factory, sample_videos) -> dict[str, Path]:
     text = d / "notes.mp4"
     text.write_text("not a video at all\n" * 20)
     trunc = truncated_copy(good2, d / "truncated.mp4", 0.4)
+    # A dropped folder (issue 21): a video with damaged bytes beside a symbolic link loop and a dangling link.
+    drop = d / "drop"
+    h264_with_damage(d / "originals" / "clean.mp4", drop / "damaged.mp4", seed=1)
+    (drop / "loop a.mp4").symlink_to("loop b.mp4")
+    (drop / "loop b.mp4").symlink_to("loop a.mp4")
+    (drop / "dangling.mp4").symlink_to(d / "moved away.mp4")
     return {"good": good, "good2": good2, "empty": empty, "text": text, "trunc": trunc,
-            "missing": d / "no such video.mp4"}
+            "missing": d / "no such video.mp4", "drop": drop}
 
 
 def _cfg(tmp_path: Path, inputs: list[Path]) -> IngestConfig:
@@ -44,10 +50,18 @@ def test_bad_videos_fail_alone_good_ones_are_stored(prefect_server, tmp_path, in
     assert state.is_failed()
     for key in ("empty", "text", "trunc", "missing"):
         assert str(inputs[key]) in state.message, (key, state.message)
+    # each unreadable entry of the folder is its own failure, and the folder's video is stored...
+    for entry in ("loop a.mp4", "loop b.mp4", "dangling.mp4"):
+        assert f"{inputs['drop'] / entry}: unreadable" in state.message, state.message
+    damaged = str(inputs["drop"] / "damaged.mp4")
+    result = {r.source: r for r in state.result(raise_on_failure=False).results}[damaged]
+    # ...but not as clean: the summary says where ffmpeg reported decode errors
+    assert result.status == "stored" and result.note.startswith("stored with 1 decode error in frames ~"), result
     store = VideoStore.open(cfg.store, create=False)
     index = store.read_index()
-    assert sorted(e.source_path for e in index.entries) == sorted([str(inputs["good"]), str(inputs["good2"])])
-    assert len(store.complete_ids()) == 2
+    assert sorted(e.source_path for e in index.entries) == sorted([str(inputs["good"]), str(inputs["good2"]), damaged])
+    assert len(store.complete_ids()) == 3
+    assert store.decode_errors(result.video_id).count == 1
 
 
 def test_second_run_is_a_noop_and_keeps_the_store(prefect_server, tmp_path, inputs):

@@ -17,7 +17,7 @@ import zarr
 import cpfs
 from cpfs.config import StoreConfig
 from cpfs.errors import StoreError
-from cpfs.records import FrameRange, VideoMeta, VideoRecord, VideoSource
+from cpfs.records import DecodeErrors, FrameRange, VideoMeta, VideoRecord, VideoSource
 from storage import VideoStore, decode_flow
 from storage.layout import FLOW_COMPRESSOR
 
@@ -251,6 +251,28 @@ def test_finalize_rejects_extra_attrs_that_contradict_the_store(store: VideoStor
     with pytest.raises(ValueError, match="n_cuts=5"):
         store.finalize("vid0", make_data(0)[3], extra_attrs={"n_cuts": 5})
     assert not store.is_complete("vid0")
+
+
+def test_decode_errors_kept_with_frames_markers_become_the_video_attribute(store: VideoStore) -> None:
+    """Each range's decode errors go with its "frames" marker (an overlap counts a flagged frame once); finalize
+    records their union as the documented ``decode_errors`` attribute; a clean video records none."""
+    ingest(store, make_record(), finalize=False)
+    assert store.decode_errors("vid0") == DecodeErrors()
+    store.mark_done("vid0", "frames", FrameRange("vid0", 0, 4), DecodeErrors.of([5], [(3, 5)]))  # its look-ahead
+    store.mark_done("vid0", "frames", FrameRange("vid0", 4, 8), DecodeErrors.of([5], [(3, 7)]))
+    with pytest.raises(ValueError, match="'frames' marker"):
+        store.mark_done("vid0", "flow", FrameRange("vid0", 0, 4), DecodeErrors.of([5], [(3, 5)]))
+    expected = DecodeErrors(corrupt=(5,), damaged=((3, 7),))
+    assert store.decode_errors("vid0") == expected  # of an incomplete video: the markers so far
+    store.finalize("vid0", make_data(0)[3])
+    assert store.video_attrs("vid0")["decode_errors"] == {"count": 1, "corrupt_source_frames": [5],
+                                                           "damaged_frames": [[3, 7]]}
+    assert store.decode_errors("vid0") == expected
+    assert store.damaged_frames("vid0").tolist() == [False] * 3 + [True] * 4 + [False] * 3
+    ingest(store, make_record("vid1"))
+    assert store.video_attrs("vid1")["decode_errors"] == {"count": 0, "corrupt_source_frames": [],
+                                                           "damaged_frames": []}
+    assert not store.damaged_frames("vid1").any()
 
 
 def test_done_markers_are_separate_keys_and_survive_reopen(store: VideoStore, cfg: StoreConfig) -> None:

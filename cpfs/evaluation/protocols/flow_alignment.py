@@ -33,6 +33,11 @@ def run(ctx: EvalContext) -> dict:
     # Its features are the random-init row's of that seed (memoized): only the scores are computed again.
     random_same = ctx.features(Source(RANDOM, "random-init"), ctx.train_seed, "embedding", memo=True)
     base = [one(random_same, s) for s in cfg.seed_list]
+    position = out[baselines.position_features(stride).name]["per_seed"]
     for name in ctx.models:
         out[name]["paired"] = paired_comparison(ctx, out[name], base, HEADLINE, "held-out centered flow alignment")
+        # The trivial baseline a motion-grouping network must beat too: nearby pixels tend to move together, so
+        # pixel position alone aligns with the flow kernel. Same pairs and pixels: paired as well.
+        out[name]["paired_position"] = paired_comparison(ctx, out[name], position, HEADLINE,
+                                                         "held-out centered flow alignment", against="pixel position alone")
     return out

@@ -79,3 +79,38 @@ def voc_root(tmp_path: Path) -> Path:
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
             write_palette_png(mask, root / "SegmentationClass" / f"{name}.png")
     return root
+
+
+FG_H, FG_W = 48, 64  # frames of the synthetic DAVIS-layout trees
+
+
+def write_square_davis(root: Path, sequences: dict[str, int], seed: int) -> np.ndarray:
+    """A DAVIS-layout tree (``JPEGImages/480p/<seq>/00000.png``, ``Annotations/480p/<seq>/00000.png`` 0/255):
+    a pure red square (10-16 px, seeded place) on a pure blue background in every frame, the square's mask as
+    foreground. PNG frames, so colours are exact. Returns every mask, (frames, H, W) bool, in listing order."""
+    rng = np.random.default_rng(seed)
+    masks = []
+    for name, n in sequences.items():
+        (root / "JPEGImages" / "480p" / name).mkdir(parents=True)
+        (root / "Annotations" / "480p" / name).mkdir(parents=True)
+        for t in range(n):
+            side = int(rng.integers(10, 17))
+            y, x = int(rng.integers(0, FG_H - side)), int(rng.integers(0, FG_W - side))
+            mask = np.zeros((FG_H, FG_W), bool)
+            mask[y : y + side, x : x + side] = True
+            img = np.zeros((FG_H, FG_W, 3), np.uint8)
+            img[..., 2] = 255
+            img[mask] = (255, 0, 0)
+            Image.fromarray(img).save(root / "JPEGImages" / "480p" / name / f"{t:05d}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "Annotations" / "480p" / name / f"{t:05d}.png")
+            masks.append(mask)
+    return np.stack(masks)
+
+
+@pytest.fixture
+def square_davis(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    """Two DAVIS-layout trees that share no sequence: ``fit`` (sequences a, b: 4 frames each) and ``test``
+    (c: 3 frames, d: 2). Returns ``(fit_root, test_root, test masks)``."""
+    fit, test = tmp_path / "davis-fit", tmp_path / "davis-test"
+    write_square_davis(fit, {"a": 4, "b": 4}, seed=0)
+    return fit, test, write_square_davis(test, {"c": 3, "d": 2}, seed=1)

@@ -142,7 +142,13 @@ def test_evaluate_writes_every_protocol_for_cpfs_and_random(trained, tmp_path: P
     motion = protocols["motion_segmentation"]["cpfs"]["paired"]  # and the motion probe's, per test pair
     assert motion["metric"] == "IoU_moving" and motion["n_seeds"] == 2
     assert 0.0 <= motion["trained_mean"] <= 1.0 and motion["ci_low"] <= motion["mean"] <= motion["ci_high"]
-    assert meta["verdicts"] == [paired["verdict"], motion["verdict"]]
+    # ... and against pixel position alone, on the same pairs and pixels
+    position = fa["cpfs"]["paired_position"]
+    pos_mean = fa["position"]["summary"]["alignment_centered"]["mean"]
+    assert position["against"] == "pixel position alone" and "pixel position alone" in position["verdict"]
+    assert position["random_same_seed_mean"] == pytest.approx(pos_mean, abs=1e-6)
+    assert meta["verdicts"] == [paired["verdict"], position["verdict"], motion["verdict"]]
+    assert meta["outlook"] and meta["outlook"][0].split()[0] in {"Training", "This"}
 
     md = result.report_md.read_text()
     assert "smoke scale" in md and "random-init" in md and "Flow-kernel alignment" in md
@@ -313,6 +319,40 @@ def test_protocols_run_alone_and_davis_runs_when_configured(trained, tmp_path: P
     assert paired["ci_low"] <= paired["mean"] <= paired["ci_high"] and "DAVIS J&F" in paired["verdict"]
     (figure,) = out["cpfs"]["figure_files"].values()  # propagated masks against ground truth, one sequence
     assert Path(figure).is_file() and Path(figure).stat().st_size > 1000
+
+
+def test_foreground_probe_fits_on_davis_train_and_pairs_against_random_init(trained, tmp_path: Path, square_davis) -> None:
+    from cpfs.config import PROTOCOL_NAMES
+    from cpfs.evaluation.report import paired_markdown_table, results_markdown_table
+    from cpfs.evaluation.run import PROTOCOLS
+
+    store_cfg, ckpt = trained
+    fit_root, test_root, _ = square_davis
+    cfg = tiny_config(store_cfg, ckpt, tmp_path, davis=str(test_root), davis_train=str(fit_root), foreground_size=64,
+                      foreground_frame_step=1)
+    assert cfg.protocols()[-1] == "foreground" and set(PROTOCOLS) == set(PROTOCOL_NAMES)
+    out = run_protocol("foreground", prepare(cfg))
+    assert set(out) == {"cpfs", "random-init", "position", "colour-lab"}
+    layers = [f"mIoU_{l}" for l in cfg.layers]
+    for name, res in out.items():
+        assert 0.0 <= res["summary"][PROTOCOLS["foreground"].HEADLINE]["mean"] <= 1.0
+        assert set(layers) <= set(res["summary"]) if name in ("cpfs", "random-init") else not set(layers) & set(res["summary"])
+    # Red square on blue: colour finds it up to the stride-4 grid's blur at its edges (measured 0.88); position,
+    # with the square anywhere, cannot.
+    assert out["colour-lab"]["summary"]["mIoU"]["mean"] > 0.8 > out["position"]["summary"]["mIoU"]["mean"]
+    assert out["cpfs"]["n_fit_frames"] == 8 and out["cpfs"]["n_test_frames"] == 5 and out["cpfs"]["n_seeds"] == 2
+    # Paired against random init of the training seed: the CI keys, per test sequence, and the sentence.
+    paired = out["cpfs"]["paired"]
+    assert paired["against"] == "random-init seed 0" and paired["n_pairs"] == 5 and paired["n_seeds"] == 2
+    assert paired["trained_mean"] == pytest.approx(out["cpfs"]["summary"]["mIoU"]["mean"])
+    assert paired["ci_low"] <= paired["mean"] <= paired["ci_high"] and set(paired["per_video"]) == {"c", "d"}
+    assert paired["mean"] == pytest.approx(paired["trained_mean"] - paired["random_same_seed_mean"])
+    assert "foreground/background probe" in paired["verdict"]
+    table = results_markdown_table({"protocols": {"foreground": out}})
+    assert "DAVIS foreground/background probe" in table and "mIoU_conv1" in table
+    assert "/ cpfs / c |" in paired_markdown_table({"foreground": out})
+    with pytest.raises(ValueError, match="davis_train"):
+        EvalConfig(checkpoint=str(ckpt), davis_train=str(fit_root))
 
 
 def test_missing_checkpoint_is_named(trained, tmp_path: Path) -> None:

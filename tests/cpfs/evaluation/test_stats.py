@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cpfs.evaluation.stats import paired_bootstrap, per_group_bootstrap, verdict
+from cpfs.evaluation.stats import paired_bootstrap, paired_bootstrap_pooled, per_group_bootstrap, verdict
 
 
 def _sample(rng: np.random.Generator, true_diff: float) -> tuple[np.ndarray, list[str], float]:
@@ -63,3 +63,20 @@ def test_errors() -> None:
         paired_bootstrap(np.zeros(4), ["a", "b"])
     with pytest.raises(ValueError, match="level"):
         paired_bootstrap(np.zeros(4), level=1.0)
+
+
+def test_pooled_bootstrap_of_a_mean_is_the_paired_bootstrap() -> None:
+    # With the mean as the pooled statistic, the resamples are the paired bootstrap's (same rows, seeds, order).
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.5, 0.1, (30, 3)), rng.normal(0.45, 0.1, (30, 3))
+    groups = [f"v{i % 3}" for i in range(30)]
+    batched_mean = lambda x: x.mean(axis=(1, 2))  # noqa: E731 - (B, rows, seeds) -> (B,)
+    pooled = paired_bootstrap_pooled(a, b, batched_mean, groups, n_boot=500, seed=2, chunk=64)
+    plain = paired_bootstrap(a - b, groups, n_boot=500, seed=2)
+    assert set(pooled) == set(plain)
+    for key in ("mean", "ci_low", "ci_high", "p_below_zero"):
+        assert pooled[key] == pytest.approx(plain[key], abs=1e-12), key
+    same = paired_bootstrap_pooled(a, a, batched_mean, n_boot=100)
+    assert same["mean"] == same["ci_low"] == same["ci_high"] == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        paired_bootstrap_pooled(a, b[:5], batched_mean)

@@ -1,0 +1,59 @@
+"""What an evaluation shows, what it cannot show, and what to run next, in words.
+
+A newcomer's first result is often the only one they read (issue 18: the demo said "+0.008 ... does not
+measurably beat random init" and stopped there). ``outlook`` turns the headline of the flow-alignment protocol
+(the trained network against random init of its own seed, and against pixel position alone, both paired) into
+a few sentences for the report: the verdict, the limits of the run that produced it, and the next command.
+Pure: it reads the protocols' result dicts and the checkpoint's training settings, nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+NEXT_LONGER = ("To train for longer on more video, run `cpfs run --preset cpu-hour` on your own videos "
+               "(about an hour on 2 CPU cores; README, \"Train on your own videos\"), or `--preset paper` on a GPU.")
+SEMANTICS = ("This run cannot show whether the features transfer beyond motion (objects, classes): the linear probe "
+             "ran on handwritten digits at smoke scale. For that, evaluate with `--davis` and `--davis-train` "
+             "(DAVIS label propagation and the foreground probe) or `--imagefolder` (a labelled image set).")
+
+
+def _beats(paired: Mapping[str, Any] | None) -> bool | None:
+    """True when the CI is above 0, False when it is not, None when there is no comparison."""
+    if not isinstance(paired, Mapping) or "ci_low" not in paired:
+        return None
+    return float(paired["ci_low"]) > 0
+
+
+def outlook(protocols: Mapping[str, Mapping[str, Any]], train_config: Mapping[str, Any], *, smoke_scale: bool,
+            model: str = "cpfs") -> list[str]:
+    """Sentences saying what the evaluation of ``model`` shows and what to run next.
+
+    Args:
+        protocols: ``{protocol: {source: result}}`` as ``cpfs.evaluation.run`` returns them.
+        train_config: the checkpoint's training settings (``preset``, ``steps``).
+        smoke_scale: the linear probe ran on the embedded digits.
+    """
+    fa = protocols.get("flow_alignment", {}).get(model, {})
+    random_ok, position_ok = _beats(fa.get("paired")), _beats(fa.get("paired_position"))
+    preset, steps = train_config.get("preset", "?"), train_config.get("steps", "?")
+    budget = f"the `{preset}` preset, {steps} steps"
+    out: list[str] = []
+    if random_ok is None:
+        out.append("No held-out flow alignment was measured, so this report says nothing about learning from motion.")
+    elif random_ok and position_ok:
+        out.append(f"Training worked ({budget}): on held-out video the trained network groups pixels by how they move "
+                   "better than a random network of its own seed and better than pixel position alone.")
+    elif random_ok:
+        out.append(f"Training learned something ({budget}): the trained network beats a random network of its own seed "
+                   "on held-out video, but not pixel position alone: nearby pixels move together, and the network "
+                   "has not yet learned more than that.")
+        out.append(NEXT_LONGER)
+    else:
+        out.append(f"This run does not show that training helped ({budget}): on held-out video the trained network is "
+                   "not measurably better than a random network of its own seed. That is expected of a short run on "
+                   "a few short videos; it is not a sign that the pipeline is broken.")
+        out.append(NEXT_LONGER)
+    if smoke_scale and "davis" not in protocols and "foreground" not in protocols:
+        out.append(SEMANTICS)
+    return out

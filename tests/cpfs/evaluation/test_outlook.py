@@ -1,0 +1,36 @@
+"""The report's sentences on what an evaluation shows and what to run next, for each outcome."""
+
+from __future__ import annotations
+
+from cpfs.evaluation.outlook import NEXT_LONGER, SEMANTICS, outlook
+
+DEMO = {"preset": "demo", "steps": 200}
+
+
+def _protocols(random_low: float, position_low: float) -> dict:
+    paired = {"mean": random_low + 0.02, "ci_low": random_low, "ci_high": random_low + 0.04}
+    against_position = {"mean": position_low + 0.02, "ci_low": position_low, "ci_high": position_low + 0.04}
+    return {"flow_alignment": {"cpfs": {"paired": paired, "paired_position": against_position}}, "linear_probe": {}}
+
+
+def test_a_null_result_says_so_and_gives_the_next_step() -> None:
+    text = outlook(_protocols(-0.02, -0.05), DEMO, smoke_scale=True)
+    assert "does not show that training helped (the `demo` preset, 200 steps)" in text[0]
+    assert NEXT_LONGER in text and SEMANTICS in text
+
+
+def test_a_positive_result_says_what_it_shows_and_what_it_cannot() -> None:
+    text = outlook(_protocols(0.01, 0.003), {"preset": "cpu-hour", "steps": 2500}, smoke_scale=True)
+    assert text[0].startswith("Training worked (the `cpu-hour` preset, 2500 steps)")
+    assert NEXT_LONGER not in text and SEMANTICS in text
+
+
+def test_beating_random_but_not_position_is_named() -> None:
+    text = outlook(_protocols(0.01, -0.01), DEMO, smoke_scale=True)
+    assert "but not pixel position alone" in text[0] and NEXT_LONGER in text
+
+
+def test_semantic_protocols_replace_the_smoke_scale_warning() -> None:
+    protocols = {**_protocols(0.01, 0.003), "davis": {}}
+    assert SEMANTICS not in outlook(protocols, DEMO, smoke_scale=True)
+    assert outlook({}, DEMO, smoke_scale=False)[0].startswith("No held-out flow alignment")
