@@ -160,7 +160,7 @@ def export_model(
     stride: int = 4,
     opset: int = ONNX_OPSET,
 ) -> ExportResult:
-    """Export a training checkpoint (a file, or a run folder: its latest) into the folder ``out``.
+    """Export a training checkpoint (a file, or a run folder: its best validated one, else its latest) into ``out``.
 
     ``results_json``: the evaluation whose verdicts the model card reports (default: the checkpoint's run's
     ``eval/results.json`` when it exists; it is used only when it evaluated this very checkpoint). ``stride``:

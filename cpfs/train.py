@@ -401,6 +401,8 @@ def train(
                     if dist.is_main:
                         log.write(json.dumps(m) + "\n")
                         log.flush()
+                else:  # not logged: the progress bar still shows this step's own throughput
+                    m["images_per_s"] = cfg.batch_size / max(time.perf_counter() - t_prev, 1e-9)
                 if progress is not None and dist.is_main:
                     progress(step, cfg.steps, m)
                 if dist.is_main and (step % cfg.checkpoint_every == 0 or step == end):

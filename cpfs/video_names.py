@@ -42,6 +42,17 @@ def video_name(source_path: str) -> str:
     return PurePath(source_path.rstrip("/")).name or source_path
 
 
+def display_names(stored: Mapping[str, str]) -> dict[str, str]:
+    """``{video_id: name}`` to show people (reports, warnings): the file or folder name of each video's source
+    (``video_name``), with the id's first 8 characters added where two videos share a name, and the id itself
+    where the source is not recorded (an empty path)."""
+    names = {vid: video_name(p) if p else vid for vid, p in stored.items()}
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {vid: f"{name} ({vid[:8]})" if counts[name] > 1 and name != vid else name for vid, name in names.items()}
+
+
 def is_glob(value: str) -> bool:
     return any(c in GLOB_CHARS for c in value)
 

@@ -350,7 +350,7 @@ def recover(
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Option(help="Training checkpoint (step-*.pt) or run folder (its latest checkpoint).")],
+    checkpoint: Annotated[Path, typer.Option(help="Training checkpoint (step-*.pt) or run folder (its best validated checkpoint, else its latest).")],
     out: Annotated[Path, typer.Option(help="Export folder: new, empty, or an earlier export to replace.")],
     results: Annotated[Optional[Path], typer.Option(help="The evaluation's results.json for the model card (default: <run>/eval/results.json when it exists).")] = None,
     stride: Annotated[int, typer.Option(min=1, help="Pixels between the ONNX graph's embedding grid cells.")] = 4,

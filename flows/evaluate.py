@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from cpfs.config import EvalConfig
-from cpfs.evaluation.report import PROTOCOL_TITLES, results_markdown_table
+from cpfs.evaluation.tables import PROTOCOL_TITLES, results_markdown_table
 from cpfs.evaluation.run import EvalSummary
 from cpfs.pipeline import check_evaluation_data, resolve_heldout
 from cpfs.progress import progress_bar

@@ -55,7 +55,8 @@ class EvalConfig(ConfigModel):
     checkpoint: str = Field(description="The CPFS checkpoint to evaluate: a .pt file or a training run folder")
     # More checkpoints evaluated with identical settings (another run, another loss); each gets its own rows.
     compare: list[str] = Field(default_factory=list, description="Extra checkpoints (files or run folders) to compare")
-    out: str = Field(default="runs/eval", description="Output folder: results.json, report.md, report.html, figures/")
+    # Not given: the evaluation folder of the checkpoint's run (<run>/eval), where `cpfs run` writes it too.
+    out: str | None = Field(default=None, description="Output folder: results.json, report.md, report.html, figures/ (None: <run>/eval of the checkpoint)")
     store: StoreConfig = Field(default_factory=StoreConfig, description="The Zarr store holding the held-out video")
     # Seeds 0..seeds-1: probe splits and samples, sampled pixels, and one random-init network per seed.
     seeds: int = Field(default=3, ge=1, description="Number of seeds; every score is a mean and std over them")
@@ -125,6 +126,16 @@ class EvalConfig(ConfigModel):
             raise ValueError(f"layers must be a non-empty subset of {list(LAYER_NAMES)}, got {v}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _out_beside_the_run(cls, data):  # noqa: ANN001, ANN206 - pydantic's raw input
+        """``out`` not given (or None): ``<run>/eval`` of the checkpoint (a run folder, or a checkpoint file's)."""
+        if isinstance(data, dict) and data.get("out") is None and isinstance(data.get("checkpoint"), str):
+            ckpt = Path(data["checkpoint"]).expanduser()
+            run = RunFolder.of_checkpoint(ckpt) if ckpt.suffix == ".pt" else RunFolder(ckpt)
+            data = {**data, "out": str(run.eval.path)}
+        return data
+
     @model_validator(mode="after")
     def _val_needs_train(self) -> "EvalConfig":
         if self.imagefolder_val is not None and self.imagefolder is None:
@@ -161,6 +172,7 @@ class EvalConfig(ConfigModel):
         return self.imagefolder is None
 
     def out_path(self) -> Path:
+        assert self.out is not None  # set from the checkpoint by _out_beside_the_run when not given
         return Path(self.out).expanduser()
 
 

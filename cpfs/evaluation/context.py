@@ -29,6 +29,7 @@ from cpfs.evaluation.heldout import PairSubset
 from cpfs.evaluation.sources import RANDOM, Source
 from cpfs.model import CPFSModel
 from cpfs.records import FrameRange
+from cpfs.video_names import display_names
 from storage import VideoStore
 
 Progress = Callable[[str, int, int], None]  # (stage description, done, total)
@@ -102,6 +103,8 @@ class EvalContext:
     heldout_ranges: tuple[FrameRange, ...]
     warnings: list[str]
     progress: Progress | None = None
+    # {video_id: file or folder name} of the held-out videos, for people (``cpfs.video_names.display_names``)
+    video_names: dict[str, str] = field(default_factory=dict)
     _random: dict[int, CPFSModel] = field(default_factory=dict)
     _features: dict[tuple[str, int, str], FeatureFn] = field(default_factory=dict)
 
@@ -234,12 +237,14 @@ def prepare(cfg: EvalConfig, progress: Progress | None = None, *, recalibrate: b
     if not split.heldout:
         raise ValueError(f"{main.path}: its training held out no video (holdout_fraction 0); "
                          "set EvalConfig.heldout_videos to the store's videos to evaluate on")
+    names = display_names({r.video_id: str(store.video_attrs(r.video_id).get("source_path") or "")
+                           for r in split.heldout})
     floor = min(cfg.motion_floor, cfg.min_moving_fraction)
     heldout = PairSubset.from_ranges(store, split.heldout, min_moving_fraction=cfg.min_moving_fraction,
                                      pairs_per_video=cfg.pairs_per_video, motion_floor=floor)
     kept = {vid: pairs for vid, pairs in heldout.allowed.items() if pairs is None or len(pairs) >= 2}
     for vid in sorted(set(heldout.allowed) - set(kept)):
-        warnings.append(f"held-out video {vid} has fewer than 2 pairs in which at least {floor:g} of "
+        warnings.append(f"held-out video {names[vid]} ({vid}) has fewer than 2 pairs in which at least {floor:g} of "
                         "the pixels move on their own: left out of the held-out protocols")
     if not kept:
         raise ValueError(f"{cfg.store.path}: no held-out video of {main.path} has 2 or more pairs with motion "
@@ -247,7 +252,7 @@ def prepare(cfg: EvalConfig, progress: Progress | None = None, *, recalibrate: b
                          "or lower motion_floor")
     ctx = EvalContext(cfg=cfg, models=models, checkpoints=infos, store=store, store_version=version,
                       train_ranges=split.train, heldout=PairSubset(store, kept), heldout_ranges=split.heldout,
-                      warnings=warnings, progress=progress)
+                      warnings=warnings, progress=progress, video_names=names)
     if recalibrate and cfg.recalibrate_checkpoints and cfg.bn_batches > 0:
         # The same crops and pixels as random-init network <training seed>: the paired comparison then differs
         # in the weights only.

@@ -26,18 +26,22 @@ def _beats(paired: Mapping[str, Any] | None) -> bool | None:
 
 
 def outlook(protocols: Mapping[str, Mapping[str, Any]], train_config: Mapping[str, Any], *, smoke_scale: bool,
-            model: str = "cpfs") -> list[str]:
+            model: str = "cpfs", step: int | None = None) -> list[str]:
     """Sentences saying what the evaluation of ``model`` shows and what to run next.
 
     Args:
         protocols: ``{protocol: {source: result}}`` as ``cpfs.evaluation.run`` returns them.
         train_config: the checkpoint's training settings (``preset``, ``steps``).
         smoke_scale: the linear probe ran on the embedded digits.
+        step: the evaluated checkpoint's step, named when it is not the end of the schedule (a best
+            validated checkpoint).
     """
     fa = protocols.get("flow_alignment", {}).get(model, {})
     random_ok, position_ok = _beats(fa.get("paired")), _beats(fa.get("paired_position"))
     preset, steps = train_config.get("preset", "?"), train_config.get("steps", "?")
     budget = f"the `{preset}` preset, {steps} steps"
+    if step is not None and step != steps:
+        budget = f"the `{preset}` preset, the checkpoint of step {step} of {steps}"
     out: list[str] = []
     if random_ok is None:
         out.append("No held-out flow alignment was measured, so this report says nothing about learning from motion.")

@@ -36,7 +36,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cpfs.config import EvalConfig
 from cpfs.evaluation.outlook import outlook
@@ -55,7 +54,7 @@ from cpfs.evaluation.protocols import (
     motion_segmentation,
     segmentation,
 )
-from cpfs.evaluation.report import ReportPaths, write_report
+from cpfs.evaluation.report import ReportFigure, ReportPaths, write_report
 from cpfs.evaluation.sources import RANDOM
 
 # Every protocol by its configuration name, in the order ``EvalConfig.protocols`` lists them.
@@ -125,32 +124,41 @@ def run_protocol(name: str, ctx: EvalContext) -> dict:
 
 
 @torch.no_grad()
-def qualitative_figures(ctx: EvalContext) -> dict[str, np.ndarray]:
-    """For ``cfg.qualitative_frames`` held-out test frames of the motion probe: frame | flow (Middlebury
-    colours) | embedding PCA -> RGB | motion prediction, for the CPFS model and random-init network 0. The
-    motion classifiers are fitted on the probe's training half only."""
+def qualitative_figures(ctx: EvalContext) -> list[ReportFigure]:
+    """For ``cfg.qualitative_frames`` held-out test frames of the motion probe, one strip each: frame | flow
+    (Middlebury colours) | embedding PCA -> RGB of the trained network and of random init of its seed | each
+    one's motion prediction. The motion classifiers are fitted on the probe's training half only."""
     cfg = ctx.cfg
     if cfg.qualitative_frames == 0:
-        return {}
+        return []
     train_pairs, test_pairs = motion_probe_halves(ctx.heldout, cfg.pairs_per_video)
     picks = [(vid, t) for vid in test_pairs.video_ids for t in sorted(test_pairs.allowed[vid] or ())]
     if not picks:
-        return {}
+        return []
     chosen = [picks[i] for i in np.unique(np.round(np.linspace(0, len(picks) - 1, min(cfg.qualitative_frames, len(picks)))).astype(int))]
-    figures = {}
-    for label, model in (("cpfs", ctx.models["cpfs"]), (RANDOM, ctx.random_model(0))):
+    pairs = [load_pair(ctx.heldout, vid, t) for vid, t in chosen]
+    random_name = f"{RANDOM} seed {ctx.train_seed}"
+    embeddings: list[dict[str, np.ndarray]] = [{} for _ in chosen]
+    masks: list[dict[str, np.ndarray]] = [{} for _ in chosen]
+    for label, model in (("cpfs", ctx.models["cpfs"]), (random_name, ctx.random_model(ctx.train_seed))):
         hyper = hypercolumn_features(model.trunk, cfg.layers, stride=cfg.feature_stride, name=label)
         clf = fit_motion_classifier(hyper, train_pairs, train_pairs.video_ids, pairs_per_video=cfg.pairs_per_video,
                                     pixels_per_image=cfg.pixels_per_image, threshold=cfg.motion_threshold,
                                     max_iter=cfg.probe_max_iter)
-        for i, (vid, t) in enumerate(chosen):
-            pair = load_pair(ctx.heldout, vid, t)
-            frame = (pair.image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            emb = model.dense_embedding(pair.image, stride=cfg.feature_stride)[0].numpy()
-            mask = predict_motion_mask(hyper, clf, pair.image)
-            figures[f"heldout_{i}_{label}"] = qualitative_row(
-                frame, pair.flow[0].permute(1, 2, 0).numpy(), emb, mask,
-                labels=(f"{vid[:10]} frame {t}", "flow", f"{label} embedding (PCA)", f"{label} motion prediction"))
+        for i, pair in enumerate(pairs):
+            embeddings[i][label] = model.dense_embedding(pair.image, stride=cfg.feature_stride)[0].numpy()
+            masks[i][label] = predict_motion_mask(hyper, clf, pair.image)
+    figures = []
+    for i, ((vid, t), pair) in enumerate(zip(chosen, pairs)):
+        name = ctx.video_names.get(vid, vid)
+        frame = (pair.image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        strip = qualitative_row(frame, pair.flow[0].permute(1, 2, 0).numpy(), embeddings[i], masks[i],
+                                frame_label=f"{name}, frame {t}")
+        figures.append(ReportFigure(
+            f"heldout_{i}", f"Held-out video {name}, frame {t}: the trained network (cpfs) and {random_name} side by "
+            "side. Embedding: the first three principal components of the pixel embeddings as colours (pixels of "
+            "one colour are embedded alike); motion: the motion probe's prediction (red), fitted on the first half "
+            "of the held-out pairs.", image=strip))
     return figures
 
 
@@ -174,40 +182,47 @@ def build_results(ctx: EvalContext, protocols: Mapping[str, Mapping[str, Any]], 
         "checkpoints": [c.to_json() for c in ctx.checkpoints.values()],
         "store": {"path": cfg.store.path, "index_version": ctx.store_version,
                   "matches_checkpoint": ctx.main.store_version == ctx.store_version},
-        "heldout": [{"video_id": r.video_id, "start": r.start, "stop": r.stop} for r in ctx.heldout_ranges],
+        "heldout": [{"video_id": r.video_id, "name": ctx.video_names.get(r.video_id, r.video_id), "start": r.start,
+                     "stop": r.stop} for r in ctx.heldout_ranges],
         "seeds": cfg.seed_list,
         "torch_threads": cfg.threads or os.cpu_count(),
         "smoke_scale": cfg.smoke_scale and "linear_probe" in protocols,
         "notes": notes,
         "warnings": list(ctx.warnings),
         "verdicts": verdicts,
-        "outlook": outlook(protocols, ctx.main.train_config, smoke_scale=cfg.smoke_scale and "linear_probe" in protocols),
+        "outlook": outlook(protocols, ctx.main.train_config, smoke_scale=cfg.smoke_scale and "linear_probe" in protocols,
+                           step=ctx.main.step),
     }
     if seconds is not None:
         meta["seconds"] = seconds
     return {"meta": meta, "protocols": {name: dict(sources) for name, sources in protocols.items()}}
 
 
+def protocol_figures(protocols: Mapping[str, Mapping[str, Any]]) -> list[ReportFigure]:
+    """The figures protocols wrote as files (DAVIS: ``figure_files``, ``{caption: path}``), each shown under its
+    protocol's table from the file as it is."""
+    return [ReportFigure(Path(path).stem, caption, section=proto, path=Path(path))
+            for proto, sources in protocols.items() for src in sources.values() if isinstance(src, Mapping)
+            for caption, path in (src.get("figure_files") or {}).items() if Path(path).is_file()]
+
+
 def write_evaluation_report(ctx: EvalContext, protocols: Mapping[str, Mapping[str, Any]],
                             seconds: float | None = None) -> EvalResult:
-    """Figures, ``results.json``, ``report.md`` and ``report.html`` in ``cfg.out`` (``write_report``)."""
+    """Figures, ``results.json``, ``report.md`` and ``report.html`` in ``cfg.out`` (``write_report``), with the
+    training run's ``metrics.jsonl`` and ``validation.jsonl`` when it has them."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
     before = _with_threads(cfg)
     try:
-        figures = qualitative_figures(ctx)
-        for proto in protocols.values():  # figures a protocol wrote as files (DAVIS)
-            for src in proto.values():
-                for caption, path in (src.get("figure_files") or {}).items() if isinstance(src, Mapping) else ():
-                    if Path(path).is_file():
-                        figures[caption] = np.asarray(Image.open(path).convert("RGB"))
+        figures = qualitative_figures(ctx) + protocol_figures(protocols)
     finally:
         torch.set_num_threads(before)
     results = build_results(ctx, protocols, seconds)
-    metrics = ctx.main.checkpoint.run.metrics
+    run = ctx.main.checkpoint.run
     title = "CPFS evaluation report" + (" (linear probe at smoke scale: digits)" if results["meta"]["smoke_scale"] else "")
     paths: ReportPaths = write_report(results, cfg.out_path(), figures,
-                                      metrics_path=metrics if metrics.is_file() else None, title=title)
+                                      metrics_path=run.metrics if run.metrics.is_file() else None,
+                                      validation_path=run.validation if run.validation.is_file() else None, title=title)
     return EvalResult(cfg.out_path(), paths.results_json, paths.report_md, paths.report_html, results,
                       seconds if seconds is not None else time.perf_counter() - t0)
 

@@ -253,3 +253,10 @@ def test_random_init_of_the_training_seed_is_the_network_training_starts_from(st
         torch.testing.assert_close(trained[k], v, atol=1e-6, rtol=0, msg=k)
     first = next(iter(start))  # and another seed gives other weights
     assert not torch.equal(random_init_model(result.model.config, seed=6).state_dict()[first], start[first])
+
+
+def test_progress_sees_a_throughput_on_every_step_not_only_logged_ones(store3: StoreConfig, tmp_path: Path) -> None:
+    seen = []
+    train(tiny_config(steps=4, log_every=3, checkpoint_every=4), store3, tmp_path / "r",
+          progress=lambda step, total, m: seen.append(m.get("images_per_s")))
+    assert len(seen) == 4 and all(v is not None and v > 0 for v in seen)  # the cpu-hour preset logs every 5th step

@@ -9,7 +9,7 @@ import pytest
 
 from cpfs.config import StoreConfig, TrainStageConfig
 from cpfs.pipeline import PreflightError, check_train
-from cpfs.video_names import VideoNameError, resolve_videos, video_name
+from cpfs.video_names import VideoNameError, display_names, resolve_videos, video_name
 
 STORED = {"aaa111": "/data/a/clip.mp4", "bbb222": "/data/b/clip.mp4", "ccc333": "/data/davis/480p/soapbox",
           "ddd444": "/data/carphone_pristine.mp4"}
@@ -100,3 +100,10 @@ def test_the_pipeline_pre_flight_knows_the_inputs_not_stored_yet(store: StoreCon
     assert e.value.parameter == "train.train.heldout_videos"
     assert e.value.reason.endswith("and the inputs hold: bikes.mp4 (0a0a0a0a0a0a0a0a0a0a), carphone_pristine.mp4 "
                                    "(f5d41eb5f1e1b22571c0), new.mp4 (an input, not stored yet)")
+
+
+def test_display_names_are_file_names_told_apart_by_id_where_shared() -> None:
+    stored = {"f5d41eb5f1e1b22571c0": "/data/a/clip.mp4", "0a1b2c3d4e5f60718293": "/data/b/clip.mp4",
+              "99887766554433221100": "/davis/480p/soapbox/", "00aa": ""}
+    assert display_names(stored) == {"f5d41eb5f1e1b22571c0": "clip.mp4 (f5d41eb5)", "0a1b2c3d4e5f60718293": "clip.mp4 (0a1b2c3d)",
+                                     "99887766554433221100": "soapbox", "00aa": "00aa"}

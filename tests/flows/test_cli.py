@@ -251,12 +251,12 @@ def test_a_prefect_home_in_a_missing_folder_is_created(tmp_path):
 # -----------------------------------------------------------------------------------------------------------
 # A command line that answers at once, help a person can read, names as well as ids, `cpfs ls`
 
-HEAVY = {"torch", "prefect", "cv2", "zarr", "dask"}
+HEAVY = {"torch", "prefect", "cv2", "zarr", "dask", "matplotlib"}
 
 
 def test_help_a_typo_and_pre_flight_errors_import_nothing_heavy(tmp_path):
     """`cpfs --help`, every command's help, a mistyped flag and pre-flight errors, in a fresh interpreter: no
-    torch, Prefect, OpenCV, zarr or dask is imported (counted in sys.modules, not timed)."""
+    torch, Prefect, OpenCV, zarr, dask or matplotlib is imported (counted in sys.modules, not timed)."""
     (tmp_path / "s.zarr").mkdir()
     calls = [["--help"], ["run", "--help"], ["train", "--help"], ["ingest", "--help"], ["evaluate", "--help"],
              ["ls", "--help"], ["train", "--stpes", "3"], ["run", str(tmp_path / "nope.mp4")],
@@ -299,7 +299,7 @@ def test_help_panels_defaults_and_80_columns(command, options):
         assert {"Ingest: Decode", "Ingest: TV-L1 (--backend *tvl1)", "Training: Model", "Training: Loss",
                 "Training: Optimiser (AdamW)", "Training: Schedule", "Training: Augmentation", "Training: Validation",
                 "Evaluation: DAVIS propagation"} <= set(panels)
-        assert "--out <str> Output folder: results.json, report.md, report.html, figures/ [default: runs/demo/eval]" \
+        assert "--out <str> Output folder: results.json, report.md, report.html, figures/ (None: <run>/eval of the checkpoint) [default: runs/demo/eval]" \
             in text
 
 

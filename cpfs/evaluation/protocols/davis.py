@@ -18,8 +18,10 @@ from cpfs.evaluation.davis import davis_protocol
 from cpfs.evaluation.paired import combine_seeds
 from cpfs.evaluation.plots import davis_figure
 from cpfs.evaluation.sources import RANDOM, Source
+from cpfs.run_folder import EvalFolder
 
 HEADLINE = "J&F"
+RECALL_DECAY = ("J_recall", "J_decay", "F_recall", "F_decay")
 
 
 def run(ctx: EvalContext) -> dict:
@@ -33,8 +35,12 @@ def run(ctx: EvalContext) -> dict:
 
     def one(src: Source, seed: int, figure_frames: int = 0) -> dict:
         # Not memoized: every frame is read once per network (the DAVIS frames' hypercolumns are large).
-        return davis_protocol(ctx.features(src, seed, "hypercolumns"), cfg.davis, cfg.davis_sequences,
-                              size=cfg.davis_size, max_frames=cfg.davis_max_frames, figure_frames=figure_frames)
+        res = davis_protocol(ctx.features(src, seed, "hypercolumns"), cfg.davis, cfg.davis_sequences,
+                             size=cfg.davis_size, max_frames=cfg.davis_max_frames, figure_frames=figure_frames)
+        # The official statistics beside J, F and J&F in the table (means over objects; the std over seeds is
+        # added by combine_seeds).
+        res["summary"].update({k: {"mean": res[k]} for k in RECALL_DECAY})
+        return res
 
     out = {}
     same_seed: dict | None = None
@@ -56,9 +62,10 @@ def run(ctx: EvalContext) -> dict:
         same_seed = one(Source(RANDOM, "random-init"), train_seed)
     for name in ctx.models:
         out[name]["paired"] = davis_paired(out[name]["per_seed"][0], same_seed, train_seed, cfg.ci_level)
-    # Figures: propagated masks against the ground truth for a few frames of every sequence, written as PNG
-    # files beside the report (the report embeds them), so they survive a protocol run in another process.
-    folder = cfg.out_path() / "figures"
+    # Figures: propagated masks against the ground truth for a few frames of every sequence, written once as PNG
+    # files in the report's figures folder (the report embeds them as they are), so they survive a protocol run
+    # in another process.
+    folder = EvalFolder(cfg.out_path()).figures
     files = {}
     for seq, fig in figures.get("cpfs", {}).items():
         preds = {"cpfs": fig["pred"]}
@@ -67,7 +74,8 @@ def run(ctx: EvalContext) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"davis_{seq}.png"
         Image.fromarray(davis_figure(fig["image"], fig["gt"], preds, fig["frames"])).save(path)
-        files[f"DAVIS {seq}: propagated masks (red) against ground truth (green)"] = str(path)
+        files[f"DAVIS {seq}: the propagated masks (red) of the trained network and of random init of its seed, "
+              "against the ground truth (green)"] = str(path)
     out["cpfs"]["figure_files"] = files
     return out
 

@@ -23,6 +23,8 @@ def test_a_positive_result_says_what_it_shows_and_what_it_cannot() -> None:
     text = outlook(_protocols(0.01, 0.003), {"preset": "cpu-hour", "steps": 2500}, smoke_scale=True)
     assert text[0].startswith("Training worked (the `cpu-hour` preset, 2500 steps)")
     assert NEXT_LONGER not in text and SEMANTICS in text
+    best = outlook(_protocols(0.01, 0.003), {"preset": "cpu-hour", "steps": 2500}, smoke_scale=True, step=500)
+    assert best[0].startswith("Training worked (the `cpu-hour` preset, the checkpoint of step 500 of 2500)")
 
 
 def test_beating_random_but_not_position_is_named() -> None:

@@ -18,9 +18,10 @@ from cpfs.evaluation.baselines import random_init_model, recalibrate_batchnorm
 from cpfs.evaluation.context import prepare
 from cpfs.evaluation.heldout import PairSubset
 from cpfs.evaluation.paired import combine_seeds
-from cpfs.evaluation.run import evaluate, run_protocol, summarize
+from cpfs.evaluation.run import evaluate, protocol_figures, run_protocol, summarize
 from cpfs.model import AlexNetConfig, CPFSModelConfig
 from cpfs.records import FrameRange, VideoMeta, VideoRecord, VideoSource
+from cpfs.run_folder import EvalFolder
 from cpfs.train import train
 from cpfs.config import TrainConfig
 from storage import VideoStore
@@ -50,7 +51,8 @@ def moving_square_video(seed: int) -> tuple[np.ndarray, np.ndarray]:
 def write_video(store: VideoStore, video_id: str, seed: int) -> None:
     frames, flow = moving_square_video(seed)
     meta = VideoMeta(width=W, height=H, fps=25.0, n_frames=T, duration_s=T / 25, codec="png")
-    store.begin_video(VideoRecord(video_id, VideoSource(f"/synthetic/{video_id}", "frames"), meta, W, H, T, 1),
+    # The source's folder name differs from the id: the report shows the name.
+    store.begin_video(VideoRecord(video_id, VideoSource(f"/synthetic/{video_id}-frames", "frames"), meta, W, H, T, 1),
                       backend="synthetic", settings={"seed": seed})
     store.write_frames(video_id, 0, frames)
     store.mark_done(video_id, "frames", FrameRange(video_id, 0, T))
@@ -156,9 +158,15 @@ def test_evaluate_writes_every_protocol_for_cpfs_and_random(trained, tmp_path: P
     assert md.index("## The result in words") < md.index("## Results")
     assert paired["verdict"][1:] in md
     html = result.report_html.read_text()
-    for fig in ("loss_curve", "linear_probe", "heldout_0_cpfs", "heldout_0_random-init"):
+    # One file per figure, each embedded: trained and random init of the same held-out frame in one strip.
+    figures = {"headline", "loss_curve", "linear_probe", "heldout_0"}
+    assert {p.stem for p in (result.out_dir / "figures").iterdir()} == figures
+    for fig in figures:
         assert f'id="fig-{fig}"' in html, fig
-        assert (result.out_dir / "figures" / f"{fig}.png").is_file()
+    # Held-out videos by the name of what was ingested (the folder /synthetic/<id>-frames), the id in small print.
+    assert [h["name"] for h in meta["heldout"]] == [f"{h['video_id']}-frames" for h in meta["heldout"]]
+    vid = meta["heldout"][0]["video_id"]
+    assert f'title="content id {vid}">{vid}-frames</span>' in html and f"{vid}-frames <sub>" in md
     assert calls and all(d <= n for _, d, n in calls)
 
     summary = summarize(result)
@@ -319,11 +327,15 @@ def test_protocols_run_alone_and_davis_runs_when_configured(trained, tmp_path: P
     assert paired["ci_low"] <= paired["mean"] <= paired["ci_high"] and "DAVIS J&F" in paired["verdict"]
     (figure,) = out["cpfs"]["figure_files"].values()  # propagated masks against ground truth, one sequence
     assert Path(figure).is_file() and Path(figure).stat().st_size > 1000
+    assert Path(figure).parent == EvalFolder(cfg.out_path()).figures and Path(figure).stem == f"davis_{cfg.davis_sequences[0]}"
+    (shown,) = protocol_figures({"davis": out})  # the report embeds that file as it is: written once
+    assert shown.path == Path(figure) and shown.section == "davis"
+    assert {"J_recall", "J_decay", "F_recall", "F_decay"} <= set(out["cpfs"]["summary"])
 
 
 def test_foreground_probe_fits_on_davis_train_and_pairs_against_random_init(trained, tmp_path: Path, square_davis) -> None:
     from cpfs.config import PROTOCOL_NAMES
-    from cpfs.evaluation.report import paired_markdown_table, results_markdown_table
+    from cpfs.evaluation.tables import paired_markdown_table, results_markdown_table
     from cpfs.evaluation.run import PROTOCOLS
 
     store_cfg, ckpt = trained
@@ -350,7 +362,7 @@ def test_foreground_probe_fits_on_davis_train_and_pairs_against_random_init(trai
     assert "foreground/background probe" in paired["verdict"]
     table = results_markdown_table({"protocols": {"foreground": out}})
     assert "DAVIS foreground/background probe" in table and "mIoU_conv1" in table
-    assert "/ cpfs / c |" in paired_markdown_table({"foreground": out})
+    assert "| DAVIS foreground probe | cpfs − random-init seed 0 | c |" in paired_markdown_table({"foreground": out})
     with pytest.raises(ValueError, match="davis_train"):
         EvalConfig(checkpoint=str(ckpt), davis_train=str(fit_root))
 
