@@ -26,6 +26,7 @@ import logging
 import os
 import time
 
+import dask
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
@@ -48,6 +49,17 @@ from tasks.ingest import finalize_video, identify_video, prepare_video, process_
 logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
+class _LocalDaskTaskRunner(DaskTaskRunner):
+    """The local cluster's task runner. Its scheduler's HTTP server serves no dashboard pages, yet distributed
+    still formats a link to it from the machine's address, which prefect-dask logs ("The Dask dashboard is
+    available at http://<host ip>:<port>/status"): nothing answers there. No link is formatted for it."""
+
+    @property
+    def client(self):  # noqa: ANN201 - prefect-dask's PrefectDaskClient
+        with dask.config.set({"distributed.dashboard.link": ""}):
+            return super().client
+
+
 def task_runner_for(config: IngestConfig) -> DaskTaskRunner:
     """An existing Dask cluster when an address is given, else a local threaded one.
 
@@ -58,7 +70,7 @@ def task_runner_for(config: IngestConfig) -> DaskTaskRunner:
     if config.dask_address:
         return DaskTaskRunner(address=config.dask_address)
     n = config.n_workers or os.cpu_count() or 1
-    return DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": n, "processes": False,
+    return _LocalDaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": n, "processes": False,
                                           "dashboard_address": "127.0.0.1:0", "worker_dashboard_address": "127.0.0.1:0",
                                           "scheduler_kwargs": {"dashboard": False}})
 

@@ -112,3 +112,16 @@ def test_watched_folder_missing_or_empty_is_nothing_to_do(prefect_server, tmp_pa
         assert summary.results == ()
     unwatched = IngestConfig.model_validate({"inputs": [str(empty)], "store": {"path": str(tmp_path / "s2.zarr")}})
     assert ingest(unwatched, return_state=True).is_failed()
+
+
+def test_the_local_cluster_announces_no_dashboard_that_nobody_serves(tmp_path) -> None:
+    from cpfs.config import IngestConfig, StoreConfig
+    from flows.ingest import task_runner_for
+
+    runner = task_runner_for(IngestConfig(store=StoreConfig(path=str(tmp_path / "s.zarr")), n_workers=1))
+    said: list[str] = []
+    runner.logger = type("Log", (), {"__getattr__": lambda self, level: lambda msg, *a, **k: said.append(str(msg))})()
+    with runner:
+        assert runner.client is not None
+    assert any("Creating a new Dask cluster" in m for m in said)  # the runner did log through this logger
+    assert not any("dashboard" in m.lower() for m in said), said
