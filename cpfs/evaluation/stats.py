@@ -68,19 +68,7 @@ def paired_bootstrap(
         rows = np.concatenate([idx[rng.integers(0, idx.size, idx.size)] for idx in strata])  # pairs, per video
         cols = rng.integers(0, k, k)  # pixel seeds
         means[b] = d[np.ix_(rows, cols)].mean()
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return {
-        "mean": float(d.mean()),
-        "ci_low": float(lo),
-        "ci_high": float(hi),
-        "level": float(level),
-        "n_pairs": int(n),
-        "n_seeds": int(k),
-        "n_groups": len(strata),
-        "n_boot": int(n_boot),
-        "p_below_zero": float((means <= 0).mean()),
-    }
+    return _interval(float(d.mean()), means, level, n, k, len(strata))
 
 
 def per_group_bootstrap(diff: np.ndarray, groups: Sequence[str], **kwargs) -> dict[str, dict]:
@@ -148,16 +136,22 @@ def paired_bootstrap_pooled(
     diffs = np.concatenate([
         statistic(a[r[:, :, None], c[:, None, :]]) - statistic(b[r[:, :, None], c[:, None, :]])  # (chunk, n, k, ...)
         for r, c in zip(np.split(rows, range(chunk, n_boot, chunk)), np.split(cols, range(chunk, n_boot, chunk)))])
+    return _interval(float(statistic(a[None])[0] - statistic(b[None])[0]), diffs, level, n, k, len(strata))
+
+
+def _interval(mean: float, boot: np.ndarray, level: float, n: int, k: int, n_groups: int) -> dict:
+    """The result of a bootstrap: the estimate, the percentile interval of the ``boot`` replicates at ``level``,
+    the sizes behind it and the share of replicates at or below 0."""
     alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(diffs, [alpha, 1.0 - alpha])
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
     return {
-        "mean": float(statistic(a[None])[0] - statistic(b[None])[0]),
+        "mean": mean,
         "ci_low": float(lo),
         "ci_high": float(hi),
         "level": float(level),
         "n_pairs": int(n),
         "n_seeds": int(k),
-        "n_groups": len(strata),
-        "n_boot": int(n_boot),
-        "p_below_zero": float((diffs <= 0).mean()),
+        "n_groups": n_groups,
+        "n_boot": int(len(boot)),
+        "p_below_zero": float((boot <= 0).mean()),
     }
