@@ -168,9 +168,7 @@ def _report_ingest(state) -> None:  # noqa: ANN001
             if r.error:
                 line += f"  error: {r.error}"
             typer.echo(line)
-    if not state.is_completed():
-        typer.secho(f"ingest {state.type.value.lower()}: {state.message}", fg="red", err=True)
-        raise typer.Exit(1)
+    _exit_unless_completed(state, "ingest")
 
 
 def train(
@@ -191,9 +189,7 @@ def train(
     from flows.train import train as train_flow
 
     state = train_flow(stage, return_state=True)
-    if not state.is_completed():
-        typer.secho(f"train {state.type.value.lower()}: {state.message}", fg="red", err=True)
-        raise typer.Exit(1)
+    _exit_unless_completed(state, "train")
     s = state.result()
     typer.echo(f"checkpoint: {s.checkpoint}  steps: {s.steps}  loss: {s.final_metrics.get('loss', float('nan')):.4f}")
 
@@ -248,6 +244,13 @@ def run(
 
 app.command("run")(with_options(run, RUN_OPTIONS))
 
+
+
+def _exit_unless_completed(state, stage: str) -> None:  # noqa: ANN001 - a Prefect State
+    """A stage flow that did not complete: its state and message on stderr, exit 1."""
+    if not state.is_completed():
+        typer.secho(f"{stage} {state.type.value.lower()}: {state.message}", fg="red", err=True)
+        raise typer.Exit(1)
 
 @app.command()
 def server(
@@ -401,9 +404,7 @@ def evaluate(
     from flows.evaluate import evaluate as evaluate_flow
 
     state = evaluate_flow(cfg, return_state=True)
-    if not state.is_completed():
-        typer.secho(f"evaluate {state.type.value.lower()}: {state.message}", fg="red", err=True)
-        raise typer.Exit(1)
+    _exit_unless_completed(state, "evaluate")
     summary = state.result()
     typer.echo(f"report: {summary.report_html}\nresults: {summary.results_json}\ntook {summary.seconds:.0f} s")
     for key, values in summary.headline.items():
