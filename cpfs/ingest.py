@@ -27,7 +27,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -315,16 +316,20 @@ def finalize_video(plan: IngestPlan, cfg: IngestConfig, seconds: float = 0.0) ->
 
 
 def ingest_video(source: VideoSource, cfg: IngestConfig, progress: ProgressFn | None = None) -> IngestResult:
-    """Ingest one source in this process: prepare, every range in order, finalize. A bad source gives a
-    "failed" result naming the file and the reason instead of raising."""
+    """Ingest one source in this process: prepare, every range in order, finalize, holding the video's writer
+    lock (another run writing it is waited for; its result then says "stored by another run"). A bad source
+    gives a "failed" result naming the file and the reason instead of raising."""
     t0 = time.perf_counter()
     try:
-        plan = prepare_video(source, cfg)
-        if isinstance(plan, IngestResult):
-            return plan
-        for r in plan.ranges:
-            process_range(plan, r, cfg, progress)
-        return finalize_video(plan, cfg, time.perf_counter() - t0)
+        video_id = content_id(source)
+        lock = VideoStore.open(cfg.store, create=True).writer_lock(video_id)  # another run writing it: wait
+        with lock if lock is not None else nullcontext(False) as waited:
+            plan = prepare_video(source, cfg, video_id)
+            if isinstance(plan, IngestResult):
+                return replace(plan, note="; ".join(filter(None, ["stored by another run", plan.note]))) if waited else plan
+            for r in plan.ranges:
+                process_range(plan, r, cfg, progress)
+            return finalize_video(plan, cfg, time.perf_counter() - t0)
     except VideoError as e:
         return IngestResult(source=source.path, status="failed", error=str(e), seconds=time.perf_counter() - t0)
 

@@ -6,6 +6,7 @@ A training run folder (``TrainStageConfig.run_dir``) holds::
     checkpoints/best.pt            the checkpoint with the best validation measure (``cpfs.validation``)
     validation.jsonl               one JSON object per validated step (when training validates)
     metrics.jsonl                  one JSON object per logged training step
+    .train.lock                    held by the run training into the folder (``RunFolder.lock``, ``cpfs.locks``)
     eval/                          the default evaluation output folder (an ``EvalFolder``)
     export/                        the default export folder (an ``ExportFolder``: ``cpfs export``)
 
@@ -19,9 +20,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cpfs import locks
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{8})\.pt$")  # the name of a complete checkpoint (temporaries start with ".")
 
@@ -106,6 +110,12 @@ class RunFolder:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    def lock(self, *, wait: bool = True, on_wait: Callable[[str], None] | None = None):  # noqa: ANN201
+        """The lock a training holds while it trains into this folder (``cpfs.locks.exclusive``): a second
+        training into the same folder waits for the first, then resumes from its last checkpoint or finds the
+        run finished, so checkpoints of two trainings never interleave."""
+        return locks.exclusive(self.path / ".train.lock", f"run folder {self.path}", wait=wait, on_wait=on_wait)
 
     def checkpoint(self, step: int) -> Path:
         """The file of the checkpoint of ``step`` (whether or not it exists)."""

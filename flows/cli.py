@@ -21,6 +21,11 @@ import os
 # longer than Prefect's default 20 s to come up on a small machine, and there is no network for analytics.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A Prefect API server that goes away during a run (restarted, upgraded, its machine rebooted) is ridden out: each
+# API request that finds it gone is retried with exponential back-off, 2 + 4 + ... + 256 s (~8.5 min in all) with
+# 8 retries against Prefect's default 5 (~1 min). The run keeps computing meanwhile and reports when the server is
+# back (bench/server_outage.py; the process worker's flow runs get the same from prefect.yaml).
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
 # Prefect creates its home folder but not the folders above it; with a PREFECT_HOME whose parent is missing it
 # only warns, and its temporary server then fails minutes later with "Timed out while attempting to connect".
 if os.environ.get("PREFECT_HOME"):

@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import ExitStack
+from dataclasses import replace
 
 import dask
 from prefect import flow, get_run_logger
@@ -35,6 +37,7 @@ from prefect_dask import DaskTaskRunner
 
 from cpfs.config import IngestConfig
 from cpfs.errors import CPFSError
+from cpfs.locks import LockBusy
 from cpfs.ingest import IngestPlan
 from cpfs.progress import progress_bar
 from cpfs.pipeline import with_concrete_backend, with_default_inputs
@@ -99,7 +102,6 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
     logger = get_run_logger()
     t0 = time.perf_counter()
     results: list[IngestResult] = []
-    plans: list[IngestPlan] = []
     # Same content under several names is one video: the first source (in path order) is processed,
     # the others get its outcome with a note. Nothing of a duplicate is submitted.
     first_of: dict[str, VideoSource] = {}
@@ -111,9 +113,48 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
         else:
             first_of[vid] = source
             unique.append((source, vid))
+    # One run writes a video at a time (``VideoStore.writer_lock``, held from prepare to finalize): the videos no
+    # other run is writing go first; then this run waits for each busy one and finds it stored by the other run
+    # ("skipped", noted), or resumes it when that run died or failed.
+    store = VideoStore.open(config.store, create=True)
+    with ExitStack() as held:
+        free, busy = [], []
+        lock = None
+        for source, vid in unique:
+            lock = store.writer_lock(vid, wait=False)
+            try:
+                if lock is not None:  # None: object storage, no lock
+                    held.enter_context(lock)
+                free.append((source, vid))
+            except LockBusy:
+                busy.append((source, vid))
+        if unique and lock is None:
+            logger.warning("%s is object storage: nothing keeps another run from writing the same videos at once",
+                           config.store.path)
+        _store_videos(free, config, results, logger, t0)
+        if busy:
+            for source, vid in busy:
+                held.enter_context(store.writer_lock(vid, on_wait=logger.info, wait=True))
+            _store_videos(busy, config, results, logger, t0, another_run=True)
+    by_source = {r.source: r for r in results}
+    for source, first in duplicates:
+        results.append(duplicate_result(source, first, by_source.get(first.path)))
+    order = {s.path: i for i, s in enumerate(sources)}
+    return sorted(results, key=lambda r: order.get(r.source, -1))
+
+
+def _store_videos(unique: list[tuple[VideoSource, str]], config: IngestConfig, results: list[IngestResult], logger,
+                  t0: float, another_run: bool = False) -> None:  # noqa: ANN001
+    """Prepare each video, process all of their shard ranges in parallel, finalize each video as soon as its
+    ranges are done; append one result per video to ``results``. ``another_run``: the videos waited for another
+    run's lock, so one found complete was stored by that run (its result says so)."""
+    plans: list[IngestPlan] = []
     for source, out in _succeeded([(s, prepare_video.submit(s, config, vid)) for s, vid in unique], results, logger):
         if isinstance(out, IngestResult):
-            logger.info("already complete, skipped: %s (%s)", out.source, out.video_id)
+            if another_run:
+                out = replace(out, note="; ".join(filter(None, ["stored by another run", out.note])))
+            logger.info("already complete, skipped: %s (%s)%s", out.source, out.video_id,
+                        f" ({out.note})" if out.note else "")
             results.append(out)
         else:
             if out.repaired:
@@ -172,11 +213,6 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
             logger.error("video failed: %s", e)
             results.append(IngestResult(source=plan.record.source.path, status="failed",
                                         video_id=plan.record.video_id, error=str(e)))
-    by_source = {r.source: r for r in results}
-    for source, first in duplicates:
-        results.append(duplicate_result(source, first, by_source.get(first.path)))
-    order = {s.path: i for i, s in enumerate(sources)}
-    return sorted(results, key=lambda r: order.get(r.source, -1))
 
 
 def duplicate_result(source: VideoSource, first: VideoSource, outcome: IngestResult | None) -> IngestResult:

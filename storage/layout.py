@@ -81,6 +81,7 @@ READABLE_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
 ROOT_ATTR = "cpfs_store"  # root group attribute that marks a CPFS store: {"format_version": 1}
 INDEX_ATTR = "index"  # root group attribute holding the store index (storage.index.StoreIndex)
 VIDEOS = "videos"  # group holding one group per video
+LOCKS = ".cpfs-locks"  # folder of a local store holding one lock file per video being written (not Zarr data)
 DONE = "done"  # group inside a video holding the per-range markers
 CLIPPED = "clipped"  # group inside a video holding per-shard clipped-pixel counts
 MANIFEST = "manifest"  # group inside a video listing its storage objects, their sizes and digests

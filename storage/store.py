@@ -24,7 +24,9 @@ temporary file and renames it); object stores put whole objects.
 Concurrency: after one caller has run ``begin_video``, several processes may write *different* shard
 ranges of one video at once. They write different shard keys and different marker keys; no shared
 document is read-modified-written. ``begin_video``, ``finalize`` and ``write_index`` are single-writer
-steps (the orchestrator calls them once).
+steps (the orchestrator calls them once). Two *runs* writing one video take turns: the orchestrator holds
+:meth:`VideoStore.writer_lock` from ``begin_video`` to ``finalize``, and the second run waits and then finds the
+video complete (or resumes it, when the first died). Only a local store has the lock (``cpfs.locks``).
 
 The class is the one entry point; the work is split by role into modules it delegates to:
 :mod:`storage.writing` (the writer life cycle above), :mod:`storage.integrity` (manifests and their checks),
@@ -47,6 +49,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
+from cpfs import locks
 from cpfs.config import StoreConfig
 from cpfs.errors import StoreError
 from cpfs.records import DecodeErrors, FrameRange, VideoRecord
@@ -220,6 +223,15 @@ class VideoStore:
         """Ids of the complete videos, sorted."""
         return [v for v in self.video_ids() if self.is_complete(v)]
     # ------------------------------------------------------------------ writing (storage.writing)
+
+    def writer_lock(self, video_id: str, *, wait: bool = True, on_wait=None):  # noqa: ANN001, ANN201 - cpfs.locks
+        """The lock one run holds while it writes ``video_id`` (a ``cpfs.locks.exclusive`` context: it waits for
+        another holder, or with ``wait=False`` raises ``cpfs.locks.LockBusy``), or None for a store at a URL:
+        object storage has no lock."""
+        if "://" in self.cfg.path:
+            return None
+        path = Path(self.cfg.path).expanduser() / layout.LOCKS / f"{layout.check_video_id(video_id)}.lock"
+        return locks.exclusive(path, f"video {video_id} of store {self.path}", wait=wait, on_wait=on_wait)
 
     def begin_video(
         self,

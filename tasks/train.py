@@ -23,6 +23,12 @@ def train_model(stage: TrainStageConfig) -> TrainSummary:
     """Train (or resume, or find finished) the run in ``stage.run_dir``. Progress goes to a Prefect progress
     artifact and a terminal progress bar; per-step metrics to ``metrics.jsonl`` in the run folder."""
     logger = get_run_logger()
+    # One training per run folder at a time: a second one waits here, then resumes or finds the run finished.
+    with RunFolder(stage.run_dir).lock(on_wait=logger.info):
+        return _train_locked(stage, logger)
+
+
+def _train_locked(stage: TrainStageConfig, logger) -> TrainSummary:  # noqa: ANN001
     t0 = time.perf_counter()
     start = start_step(stage)
     if start >= stage.train.steps:

@@ -68,12 +68,16 @@ class PairSubset:
         With ``pairs_per_video`` the threshold is per video (``video_motion_threshold``): a video with fewer
         than that many pairs above ``min_moving_fraction`` (a fixed camera with small moving people) has its
         threshold lowered to its own ``pairs_per_video``-th most-moving pair, never below ``motion_floor``.
-        Shot-cut pairs never count."""
+        Shot-cut pairs never count, nor pairs with a frame that may show a decode error's damage
+        (``VideoStore.damaged_frames``)."""
         allowed: dict[str, set[int]] = {}
         by_video: dict[str, set[int]] = {}
         for r in ranges:
             by_video.setdefault(r.video_id, set()).update(range(r.start, r.stop - 1))
         for vid, pairs in by_video.items():
+            # A frame that may show a decode error's concealment is never measured (as training skips it).
+            damaged = store.damaged_frames(vid)
+            pairs = {t for t in pairs if t + 1 < damaged.size and not (damaged[t] or damaged[t + 1])}
             if min_moving_fraction > 0:
                 moving = store.read_motion(vid)[:, MOTION_COLUMNS.index("moving_fraction")]
                 cut = np.asarray(store.read_cut(vid), dtype=bool)

@@ -25,7 +25,7 @@ from cpfs.data import (
     worker_init,
 )
 from cpfs.errors import StoreError
-from cpfs.records import FrameRange, VideoMeta, VideoRecord, VideoSource
+from cpfs.records import DecodeErrors, FrameRange, VideoMeta, VideoRecord, VideoSource
 from cpfs.config import AugmentConfig
 from storage.store import VideoStore
 
@@ -64,9 +64,10 @@ def synthetic_video(seed: int, n_frames: int = T, h: int = H, w: int = W) -> tup
 
 
 def add_video(store: VideoStore, video_id: str, frames: np.ndarray, flow: np.ndarray, cut: np.ndarray | None = None,
-              finalize: bool = True, source_path: str | None = None) -> None:
+              finalize: bool = True, source_path: str | None = None, errors: DecodeErrors | None = None) -> None:
     """Write one video through the storage API (one shard block each), optionally leaving it incomplete;
-    ``source_path``: what the store records as its source (default ``/synthetic/<id>``)."""
+    ``source_path``: what the store records as its source (default ``/synthetic/<id>``); ``errors``: the decode
+    errors its frames were stored with."""
     t, h, w, _ = frames.shape
     record = VideoRecord(
         video_id=video_id, source=VideoSource(path=source_path or f"/synthetic/{video_id}", kind="frames"),
@@ -75,7 +76,7 @@ def add_video(store: VideoStore, video_id: str, frames: np.ndarray, flow: np.nda
     )
     store.begin_video(record, backend="opencv-dis", settings={"synthetic": True})
     store.write_frames(video_id, 0, frames)
-    store.mark_done(video_id, "frames", FrameRange(video_id, 0, t))
+    store.mark_done(video_id, "frames", FrameRange(video_id, 0, t), errors)
     clipped = store.write_flow(video_id, 0, flow, np.zeros(t - 1, np.float32))
     store.mark_done(video_id, "flow", FrameRange(video_id, 0, t - 1))
     if finalize:

@@ -17,6 +17,9 @@ import torch.multiprocessing as mp
 from cpfs.distributed import DistContext, init_from_env, make_sampler, mean_across_ranks, parameters_in_sync, shutdown
 from cpfs.checkpoint import latest_checkpoint
 from cpfs.run_folder import RunFolder
+
+# Spawns process groups and tears them down: one xdist worker runs every such test, one after the other.
+pytestmark = pytest.mark.xdist_group("process-groups")
 from cpfs.train import train
 from cpfs.config import TrainConfig
 from tests.cpfs.test_data import make_store

@@ -221,3 +221,33 @@ def test_sigkill_mid_video_then_rerun_equals_uninterrupted(tmp_path, sample_vide
             np.testing.assert_array_equal(x, y)
         else:
             assert x == y
+
+
+_AT_ONCE_SCRIPT = r"""
+import os, sys, time
+from cpfs.config import IngestConfig
+from cpfs.ingest import ingest_video
+from cpfs.records import VideoSource
+cfg = IngestConfig.model_validate_json(sys.argv[2])
+while not os.path.exists(sys.argv[3]):  # both processes start the ingest at the same moment
+    time.sleep(0.005)
+r = ingest_video(VideoSource(sys.argv[1], "file"), cfg)
+print(r.status, r.note, r.error, flush=True)
+"""
+
+
+def test_two_processes_ingesting_one_video_at_once_store_it_once(tmp_path, clip):
+    """Issue 21: the second of two concurrent ingests waits for the first and reports the video stored by it,
+    with exit 0 and nothing computed twice."""
+    cfg = _cfg(tmp_path / "s.zarr")
+    VideoStore.open(cfg.store, create=True)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _AT_ONCE_SCRIPT, str(clip), cfg.model_dump_json(by_alias=True),
+                               str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(0.5)
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(o.strip() for o, _ in outs) == ["skipped stored by another run None", "stored None None"], outs
+    store = VideoStore.open(cfg.store, create=False)
+    assert len(store.complete_ids()) == 1 and store.check_video(store.complete_ids()[0]) == []

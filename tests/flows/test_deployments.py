@@ -16,6 +16,9 @@ from storage import VideoStore
 from tests.flows.conftest import REPO, api_of, run_cli, wait_until
 from tests.helpers import cut_clip
 
+# Spawns process groups and tears them down: one xdist worker runs every such test, one after the other.
+pytestmark = pytest.mark.xdist_group("process-groups")
+
 PREFECT_YAML = REPO / "prefect.yaml"
 POOL = "cpfs-process"
 

@@ -125,3 +125,54 @@ def test_the_local_cluster_announces_no_dashboard_that_nobody_serves(tmp_path) -
         assert runner.client is not None
     assert any("Creating a new Dask cluster" in m for m in said)  # the runner did log through this logger
     assert not any("dashboard" in m.lower() for m in said), said
+
+
+def test_a_video_another_run_is_writing_is_waited_for_and_skipped_as_stored_by_it(prefect_server, tmp_path, inputs,
+                                                                                  monkeypatch):
+    """Issue 21: two runs ingesting one video at once. "The other run" (a thread here) holds the video's writer
+    lock and stores it; the flow stores its free video meanwhile, waits for the busy one, and reports it
+    skipped, stored by another run: one of the two runs did the work."""
+    import threading
+
+    from cpfs import ingest as lib
+    from cpfs.discovery import content_id
+    from cpfs.records import VideoSource
+    from flows.ingest import ingest
+
+    cfg = _cfg(tmp_path, [inputs["good"], inputs["good2"]])
+    VideoStore.open(cfg.store, create=True)
+    busy_id = content_id(VideoSource(str(inputs["good"]), "file"))
+    holding, flow_waits, done = threading.Event(), threading.Event(), []
+    real_lock = VideoStore.writer_lock
+
+    def watched_lock(self, video_id, *, wait=True, on_wait=None):
+        if wait and video_id == busy_id:
+            flow_waits.set()  # the flow found the video busy (it only waits for videos it could not take)
+        return real_lock(self, video_id, wait=wait, on_wait=on_wait)
+
+    def other_run():
+        store = VideoStore.open(cfg.store, create=False)
+        with real_lock(store, busy_id):
+            holding.set()
+            assert flow_waits.wait(timeout=300)
+            plan = lib.prepare_video(VideoSource(str(inputs["good"]), "file"), cfg, busy_id)
+            for r in plan.ranges:
+                lib.process_range(plan, r, cfg)
+            done.append(lib.finalize_video(plan, cfg))
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    assert holding.wait(timeout=60)
+    monkeypatch.setattr(VideoStore, "writer_lock", watched_lock)
+    try:
+        summary = ingest(cfg)
+    finally:
+        flow_waits.set()
+        thread.join(timeout=300)
+    assert [r.status for r in done] == ["stored"]
+    by_source = {r.source: r for r in summary.results}
+    assert by_source[str(inputs["good2"])].status == "stored"
+    busy = by_source[str(inputs["good"])]
+    assert (busy.status, busy.video_id, busy.note) == ("skipped", busy_id, "stored by another run")
+    assert sorted(VideoStore.open(cfg.store, create=False).complete_ids()) == sorted(
+        [busy_id, by_source[str(inputs["good2"])].video_id])

@@ -41,8 +41,10 @@ def _config(tmp: Path, name: str, clip: Path) -> Path:
     return path
 
 
-def _env(home: Path, fault: Path | None = None) -> dict:
+def _env(home: Path, fault: Path | None = None, api: str | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    if api:  # the session's server: no temporary server to start per command (tens of seconds each here)
+        env["PREFECT_API_URL"] = api
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_LOGGING_LEVEL="INFO")
     if fault is not None:  # the failure rehearsal (tests/fault_injection): training fails while `fault` exists
@@ -51,8 +53,8 @@ def _env(home: Path, fault: Path | None = None) -> dict:
     return env
 
 
-def _run(args: list[str], home: Path, cwd: Path, fault: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=_env(home, fault), capture_output=True, text=True, timeout=900)
+def _run(args: list[str], home: Path, cwd: Path, fault: Path | None = None, api: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=_env(home, fault, api), capture_output=True, text=True, timeout=900)
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
@@ -65,7 +67,10 @@ def _protocol_numbers(results_json: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_failed_training_retried_equals_uninterrupted_run(tmp_path, sample_videos):
+def test_failed_training_retried_equals_uninterrupted_run(tmp_path, sample_videos, real_prefect_server):
+    # Every command is a client of the session's Prefect server (a user's `cpfs server`); each stage's cached
+    # results stay in the command's own PREFECT_HOME, so runs a and b share nothing but the server.
+    api = real_prefect_server.url
     carphone = next(p for p in sample_videos if p.name == "carphone_pristine.mp4")
     bikes = next(p for p in sample_videos if p.name == "bikes.mp4")
     clips = tmp_path / "clips"
@@ -76,12 +81,12 @@ def test_failed_training_retried_equals_uninterrupted_run(tmp_path, sample_video
     cfg_a = _config(tmp_path, "a", clips)
     home_a = tmp_path / "prefect-a"
 
-    first = _run([str(BIN / "cpfs"), "run", "--config", str(cfg_a)], home_a, tmp_path, fault)
+    first = _run([str(BIN / "cpfs"), "run", "--config", str(cfg_a)], home_a, tmp_path, fault, api=api)
     assert first.returncode == 1, first.stdout + first.stderr
     out = first.stdout + first.stderr
     assert "injected failure at batch 3" in out
     flow_run_id = re.search(r"flow run: ([0-9a-f-]{36})", out).group(1)
-    logs = _run([str(BIN / "prefect"), "flow-run", "logs", flow_run_id], home_a, tmp_path)
+    logs = _run([str(BIN / "prefect"), "flow-run", "logs", flow_run_id], home_a, tmp_path, api=api)
     assert "injected failure" in logs.stdout + logs.stderr  # the reason is in the run's logs
     store_a = tmp_path / "a" / "store.zarr"
     stored_before = _mtimes(store_a)
@@ -89,16 +94,16 @@ def test_failed_training_retried_equals_uninterrupted_run(tmp_path, sample_video
 
     fault.unlink()  # remove the cause, then retry the same flow run
     retry = _run([str(BIN / "prefect"), "flow-run", "retry", flow_run_id,
-                  "--entrypoint", f"{REPO / 'flows' / 'pipeline.py'}:pipeline"], home_a, tmp_path, fault)
+                  "--entrypoint", f"{REPO / 'flows' / 'pipeline.py'}:pipeline"], home_a, tmp_path, fault, api=api)
     assert retry.returncode == 0, retry.stdout + retry.stderr
     assert _mtimes(store_a) == stored_before  # ingest was not run again
-    logs = _run([str(BIN / "prefect"), "flow-run", "logs", flow_run_id], home_a, tmp_path).stdout
+    logs = _run([str(BIN / "prefect"), "flow-run", "logs", flow_run_id], home_a, tmp_path, api=api).stdout
     assert "Finished in state Cached" in logs, logs[-3000:]  # the ingest stage came from the cache
     assert len(re.findall(r"Beginning subflow run '[\w-]+' for flow 'ingest'", logs)) == 1, logs[-3000:]
     assert len(re.findall(r"Beginning subflow run '[\w-]+' for flow 'train'", logs)) == 2, logs[-3000:]
 
     cfg_b = _config(tmp_path, "b", clips)
-    clean = _run([str(BIN / "cpfs"), "run", "--config", str(cfg_b)], tmp_path / "prefect-b", tmp_path)
+    clean = _run([str(BIN / "cpfs"), "run", "--config", str(cfg_b)], tmp_path / "prefect-b", tmp_path, api=api)
     assert clean.returncode == 0, clean.stdout + clean.stderr
 
     ck_a = torch.load(tmp_path / "a/run/checkpoints/step-00000006.pt", map_location="cpu", weights_only=False)
@@ -115,7 +120,7 @@ def test_failed_training_retried_equals_uninterrupted_run(tmp_path, sample_video
                 assert v["mean"] == pytest.approx(b[proto][src][metric]["mean"], abs=1e-4), (proto, src, metric)
 
     # A second run of the same pipeline recomputes nothing: every stage comes from the cache.
-    again = _run([str(BIN / "cpfs"), "run", "--config", str(cfg_b)], tmp_path / "prefect-b", tmp_path)
+    again = _run([str(BIN / "cpfs"), "run", "--config", str(cfg_b)], tmp_path / "prefect-b", tmp_path, api=api)
     assert again.returncode == 0, again.stdout + again.stderr
     log = again.stdout + again.stderr
     for stage in ("ingest-stage", "train-stage", "evaluate-stage"):

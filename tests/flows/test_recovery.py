@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from uuid import UUID
 
+import pytest
+
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -23,6 +25,9 @@ from prefect.client.schemas.filters import (
 from prefect.states import Crashed
 
 from tests.flows.conftest import REPO, api_of, run_cli, wait_until
+
+# Spawns process groups and tears them down: one xdist worker runs every such test, one after the other.
+pytestmark = pytest.mark.xdist_group("process-groups")
 
 ENTRYPOINT = "tests/flows/recovery_flows.py:parent"
 

@@ -21,6 +21,9 @@ import pytest
 from flows.server_process import ServerError, free_port, redact_url, start_server, stop_process_group
 from tests.flows.conftest import REPO, api_of, wait_until
 
+# Spawns process groups and tears them down: one xdist worker runs every such test, one after the other.
+pytestmark = pytest.mark.xdist_group("process-groups")
+
 
 def test_session_server_answers_and_keeps_its_database_in_its_home(real_prefect_server):
     assert real_prefect_server.url.startswith("http://127.0.0.1:") and real_prefect_server.url.endswith("/api")

@@ -12,7 +12,7 @@ from cpfs.evaluation import baselines
 from cpfs.evaluation.flow_alignment import flow_alignment
 from cpfs.evaluation.heldout import PairSubset, video_motion_threshold
 from cpfs.evaluation.pairs import select_pairs
-from cpfs.records import FrameRange
+from cpfs.records import DecodeErrors, FrameRange
 from storage.store import VideoStore
 from tests.cpfs.test_data import add_video
 
@@ -76,3 +76,15 @@ def test_the_floor_keeps_still_pairs_out(small_motion_store: VideoStore) -> None
     view = PairSubset.from_ranges(small_motion_store, [FrameRange("walkers", 0, T)], min_moving_fraction=0.1,
                                   pairs_per_video=200, motion_floor=0.01)
     assert view.allowed["walkers"] == frozenset(set(MOVING) - {CUT})
+
+
+def test_pairs_with_a_frame_damaged_by_decode_errors_are_never_measured(tmp_path: Path) -> None:
+    """Issue 21: the held-out pairs skip frames a decode error may have damaged, as training does."""
+    store = VideoStore.open(StoreConfig(path=str(tmp_path / "s.zarr"), shard_frames=32), create=True)
+    frames, flow = _fixed_camera_video()
+    add_video(store, "walkers", frames, flow, errors=DecodeErrors.of([20], [(20, 25)]))
+    view = PairSubset.from_ranges(store, [FrameRange("walkers", 0, T)])
+    assert view.allowed["walkers"] == frozenset(set(range(T - 1)) - set(range(19, 25)))  # pairs 19..24 touch 20..24
+    moving = PairSubset.from_ranges(store, [FrameRange("walkers", 0, T)], min_moving_fraction=0.1, pairs_per_video=200,
+                                    motion_floor=0.01)
+    assert moving.allowed["walkers"] == frozenset(set(MOVING) - set(range(19, 25)))
