@@ -3,7 +3,7 @@ every video, complete or not (``cpfs ls``).
 
 :class:`IndexEntry` and :class:`StoreIndex` are the records; :func:`scan`, :func:`write` and :func:`read` are
 behind :meth:`VideoStore.index`, :meth:`VideoStore.write_index` and :meth:`VideoStore.read_index` and take
-the :class:`~storage.store.VideoStore` they work on. :class:`VideoListing` and :func:`list_videos` are behind
+the :class:`~storage.io.StoreIO` they work on. :class:`VideoListing` and :func:`list_videos` are behind
 :meth:`VideoStore.list_videos`.
 """
 
@@ -20,10 +20,10 @@ import zarr
 
 from cpfs.errors import StoreError
 
-from . import integrity, layout
+from . import integrity, layout, motion_stats, writing
 
 if TYPE_CHECKING:
-    from .store import VideoStore
+    from .io import StoreIO
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,11 @@ def settings_hash(attrs: Mapping[str, Any]) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
-def scan(store: VideoStore) -> StoreIndex:
+def scan(store: StoreIO) -> StoreIndex:
     """See :meth:`VideoStore.index`."""
     entries = []
     for vid in store.complete_ids():
-        a = store._require_attrs(vid)
+        a = store.require_attrs(vid)
         entries.append(
             IndexEntry(
                 video_id=vid, source_path=a["source_path"], n_frames=a["n_frames"], height=a["height"],
@@ -89,22 +89,22 @@ def scan(store: VideoStore) -> StoreIndex:
     return StoreIndex.from_entries(entries)
 
 
-def write(store: VideoStore) -> StoreIndex:
+def write(store: StoreIO) -> StoreIndex:
     """See :meth:`VideoStore.write_index`."""
-    idx = store.index()
-    current = (store._read_json("zarr.json") or {}).get("attributes", {}).get(layout.INDEX_ATTR)
+    idx = scan(store)
+    current = (store.read_json("zarr.json") or {}).get("attributes", {}).get(layout.INDEX_ATTR)
     if current is not None and StoreIndex.from_json(current) == idx:
         return idx  # unchanged: leave the root document (and its modification time) alone
-    root = zarr.open_group(store._store, mode="r+")
+    root = zarr.open_group(store.zarr_store, mode="r+")
     root.update_attributes({layout.INDEX_ATTR: idx.to_json()})
     return idx
 
 
-def read(store: VideoStore) -> StoreIndex:
+def read(store: StoreIO) -> StoreIndex:
     """See :meth:`VideoStore.read_index`."""
-    root = store._read_json("zarr.json") or {}
+    root = store.read_json("zarr.json") or {}
     doc = root.get("attributes", {}).get(layout.INDEX_ATTR)
-    return StoreIndex.from_json(doc) if doc else store.index()
+    return StoreIndex.from_json(doc) if doc else scan(store)
 
 
 @dataclass(frozen=True)
@@ -133,23 +133,23 @@ class VideoListing:
         return self.status == "complete" and not self.problems and not self.decode_errors and not self.damaged_frames
 
 
-def list_videos(store: VideoStore, check: bool) -> list[VideoListing]:
+def list_videos(store: StoreIO, check: bool) -> list[VideoListing]:
     """See :meth:`VideoStore.list_videos`."""
     out = []
     for vid in store.video_ids():
-        attrs = store._group_attrs(vid) or {}
+        attrs = store.group_attrs(vid) or {}
         complete = attrs.get("status") == "complete"
         problems: tuple[str, ...] = ()
         if complete and check:
             problems = tuple(str(p) for p in integrity.check_arrays(store, vid, attrs, None, full=False)[0])
         moving = None
-        if complete and not problems and store.has_motion(vid):
+        if complete and not problems and motion_stats.has_motion(store, vid):
             try:
-                column = store.read_motion(vid)[:, layout.MOTION_COLUMNS.index("moving_fraction")]
+                column = motion_stats.read_motion(store, vid)[:, layout.MOTION_COLUMNS.index("moving_fraction")]
                 moving = float(np.median(column)) if column.size else None
             except StoreError:
                 moving = None  # damaged: the quick check was skipped, or missed it
-        errors = store.decode_errors(vid)
+        errors = writing.decode_errors(store, vid)
         out.append(VideoListing(
             video_id=vid, source_path=str(attrs.get("source_path", "?")),
             status="complete" if complete else "incomplete", n_frames=int(attrs.get("n_frames", 0)),

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
@@ -20,7 +21,7 @@ from . import layout
 from .records import ShardDamage, StoreVerification
 
 if TYPE_CHECKING:
-    from .store import VideoStore
+    from .io import StoreIO
 
 
 def array_specs(attrs: Mapping[str, Any]) -> dict[str, layout.ArraySpec]:
@@ -29,14 +30,14 @@ def array_specs(attrs: Mapping[str, Any]) -> dict[str, layout.ArraySpec]:
                                int(attrs["layout"]["shard_frames"]))
 
 
-def manifest(store: VideoStore, video_id: str, attrs: Mapping[str, Any]) -> dict[str, list[list]] | None:
+def manifest(store: StoreIO, video_id: str, attrs: Mapping[str, Any]) -> dict[str, list[list]] | None:
     """Every object of every array the layout defines, ``{array: [[key, size, digest], ...]}``, read
     from the store now. Raises StoreError naming the first object that is missing."""
     out: dict[str, list[list]] = {}
     for name, spec in array_specs(attrs).items():
         entries = []
         for obj in layout.storage_objects(spec):
-            data = sync(store._store.get(f"{layout.array_path(video_id, name)}/{obj.key}",
+            data = sync(store.zarr_store.get(f"{layout.array_path(video_id, name)}/{obj.key}",
                                          prototype=default_buffer_prototype()))
             if data is None:
                 raise StoreError(
@@ -48,7 +49,7 @@ def manifest(store: VideoStore, video_id: str, attrs: Mapping[str, Any]) -> dict
     return out
 
 
-def check_arrays(store: VideoStore, video_id: str, attrs: Mapping[str, Any], names: list[str] | None,
+def check_arrays(store: StoreIO, video_id: str, attrs: Mapping[str, Any], names: list[str] | None,
                  full: bool) -> tuple[list[ShardDamage], int, int]:
     """Compare the stored objects of a complete video's arrays (``names``; None: all the layout defines)
     with its manifest: presence and size, and with ``full`` the digest of the bytes. Returns the
@@ -57,7 +58,7 @@ def check_arrays(store: VideoStore, video_id: str, attrs: Mapping[str, Any], nam
     counts = attrs.get("shard_counts")
     if counts is None:
         return [], 0, 0
-    doc = store._read_json(f"{layout.manifest_path(video_id)}/zarr.json")
+    doc = store.read_json(f"{layout.manifest_path(video_id)}/zarr.json")
     listing = (doc or {}).get("attributes", {}).get("objects")
     if not isinstance(listing, dict):
         return [ShardDamage(video_id, "manifest", "", 0, 0,
@@ -78,7 +79,7 @@ def check_arrays(store: VideoStore, video_id: str, attrs: Mapping[str, Any], nam
             if key != obj.key:
                 bad = f"manifest lists {key!r} here"
             elif full:
-                data = sync(store._store.get(full_key, prototype=default_buffer_prototype()))
+                data = sync(store.zarr_store.get(full_key, prototype=default_buffer_prototype()))
                 if data is None:
                     bad = "missing"
                 else:
@@ -90,7 +91,7 @@ def check_arrays(store: VideoStore, video_id: str, attrs: Mapping[str, Any], nam
                         bad = "contents differ from the manifest's digest"
             else:
                 try:
-                    got = sync(store._store.getsize(full_key))
+                    got = sync(store.zarr_store.getsize(full_key))
                 except (FileNotFoundError, KeyError):
                     got = None
                 if got is None:
@@ -105,7 +106,7 @@ def check_arrays(store: VideoStore, video_id: str, attrs: Mapping[str, Any], nam
     return problems, n_objects, n_bytes
 
 
-def damaged_error(store: VideoStore, video_id: str, attrs: Mapping[str, Any], damage: list[ShardDamage]) -> StoreError:
+def damaged_error(store: StoreIO, video_id: str, attrs: Mapping[str, Any], damage: list[ShardDamage]) -> StoreError:
     """The StoreError a reader raises for a damaged complete video: its first problem, and how to repair it."""
     more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
     return StoreError(
@@ -114,21 +115,38 @@ def damaged_error(store: VideoStore, video_id: str, attrs: Mapping[str, Any], da
         "and ingesting the video's source again repairs it")
 
 
-def check_video(store: VideoStore, video_id: str, full: bool) -> list[ShardDamage]:
+def open_checked(store: StoreIO, video_id: str, name: str) -> zarr.Array:
+    """One array of a video (``StoreIO.open_array``). The first time an array of a complete video is opened
+    through a store, its objects are checked against the manifest (present, same size; see ``check_video``):
+    a missing or cut-short shard raises StoreError naming the video and the range instead of reading as fill
+    values. Writes store every object, even one of fill values only, so a complete video holds exactly the
+    objects its manifest lists."""
+    arr = store.open_array(video_id, name)
+    if (video_id, name) not in store.checked:
+        attrs = store.group_attrs(video_id) or {}
+        if attrs.get("status") == "complete":
+            damage = check_arrays(store, video_id, attrs, [name], full=False)[0]
+            if damage:
+                raise damaged_error(store, video_id, attrs, damage)
+            store.checked.add((video_id, name))
+    return arr
+
+
+def check_video(store: StoreIO, video_id: str, full: bool) -> list[ShardDamage]:
     """See :meth:`VideoStore.check_video`."""
-    attrs = store._require_attrs(video_id)
+    attrs = store.require_attrs(video_id)
     if attrs.get("status") != "complete":
         raise StoreError(f"{store.path}: video {video_id!r} is incomplete: nothing to check yet")
     return check_arrays(store, video_id, attrs, None, full)[0]
 
 
-def verify(store: VideoStore, full: bool) -> StoreVerification:
+def verify(store: StoreIO, full: bool) -> StoreVerification:
     """See :meth:`VideoStore.verify`."""
     checked, unverifiable, incomplete = [], [], []
     damaged: dict[str, tuple[ShardDamage, ...]] = {}
     n_objects = n_bytes = 0
     for vid in store.video_ids():
-        attrs = store._group_attrs(vid) or {}
+        attrs = store.group_attrs(vid) or {}
         if attrs.get("status") != "complete":
             incomplete.append(vid)
             continue

@@ -28,7 +28,8 @@ steps (the orchestrator calls them once). Two *runs* writing one video take turn
 :meth:`VideoStore.writer_lock` from ``begin_video`` to ``finalize``, and the second run waits and then finds the
 video complete (or resumes it, when the first died). Only a local store has the lock (``cpfs.locks``).
 
-The class is the one entry point; the work is split by role into modules it delegates to:
+The class is the one entry point; its I/O primitives are the public :class:`storage.io.StoreIO` it extends,
+and the work is split by role into modules it delegates to, each taking a ``StoreIO``:
 :mod:`storage.writing` (the writer life cycle above), :mod:`storage.integrity` (manifests and their checks),
 :mod:`storage.motion_stats` (motion statistics), :mod:`storage.index` (the index and its records) and
 :mod:`storage.records` (the integrity records, constants and shared helpers). Opening, raw key access,
@@ -37,7 +38,6 @@ listing and reading stay here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +45,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
 from cpfs import locks
@@ -56,6 +54,7 @@ from cpfs.records import DecodeErrors, FrameRange, VideoRecord
 
 from . import index as store_index
 from . import integrity, layout, motion_stats, writing
+from .io import StoreIO
 from .fixed_point import decode_flow
 from .index import IndexEntry, StoreIndex, VideoListing  # noqa: F401 - importable from here, as before the split
 from .records import MANIFEST_DIGEST, STORE_ATTRS, VOLATILE_ATTRS, BeginStatus  # noqa: F401 - the same
@@ -65,14 +64,9 @@ if TYPE_CHECKING:
     import dask.array as da
 
 
-class VideoStore:
-    """A CPFS Zarr store at a local folder or an fsspec URL. Build it with :meth:`VideoStore.open`."""
-
-    def __init__(self, cfg: StoreConfig, store: Store) -> None:
-        self.cfg = cfg
-        self.path = cfg.path  # as given: used in every error message
-        self._store = store
-        self._checked: set[tuple[str, str]] = set()  # (video, array) of complete videos found intact here
+class VideoStore(StoreIO):
+    """A CPFS Zarr store at a local folder or an fsspec URL. Build it with :meth:`VideoStore.open`. The I/O
+    primitives, the listing of videos and ``format_version`` come from :class:`~storage.io.StoreIO`."""
 
     # ------------------------------------------------------------------ opening
 
@@ -86,14 +80,14 @@ class VideoStore:
         store = cls._zarr_store(cfg, create)
         self = cls(cfg, store)
         try:
-            root = self._read_json("zarr.json")
+            root = self.read_json("zarr.json")
             if root is None:
                 if not create:
                     raise StoreError(
                         f"{self.path}: store does not exist or is not a cpfs store "
                         "(no zarr.json; open with create=True to make one)"
                     )
-                if self._list_dir(""):
+                if self.list_dir(""):
                     raise StoreError(f"{self.path}: not a cpfs store (the location is not empty and has no zarr.json)")
                 zarr.create_group(store, attributes={layout.ROOT_ATTR: {"format_version": layout.FORMAT_VERSION}})
                 zarr.create_group(store, path=layout.VIDEOS)
@@ -109,12 +103,6 @@ class VideoStore:
                 f"(this code reads {', '.join(map(str, layout.READABLE_FORMAT_VERSIONS))})"
             )
         return self
-
-    @property
-    def format_version(self) -> int:
-        """The store's format version (``storage.layout.FORMAT_VERSION`` for a store made by this code)."""
-        root = self._read_json("zarr.json") or {}
-        return int(root.get("attributes", {}).get(layout.ROOT_ATTR, {}).get("format_version", 0))
 
     @staticmethod
     def _zarr_store(cfg: StoreConfig, create: bool) -> Store:
@@ -136,65 +124,6 @@ class VideoStore:
     def __repr__(self) -> str:
         return f"VideoStore({self.path!r})"
 
-    # ------------------------------------------------------------------ raw key access
-
-    def _read_json(self, key: str) -> dict | None:
-        buf = sync(self._store.get(key, prototype=default_buffer_prototype()))
-        if buf is None:
-            return None
-        try:
-            return json.loads(buf.to_bytes())
-        except ValueError as e:
-            raise StoreError(f"{self.path}: corrupt metadata document {key} ({e})") from e
-
-    def _write_json(self, key: str, doc: dict) -> None:
-        data = json.dumps(doc, indent=2, sort_keys=True).encode()
-        sync(self._store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
-
-    def _list_dir(self, prefix: str) -> list[str]:
-        async def collect() -> list[str]:
-            return [k async for k in self._store.list_dir(prefix)]
-
-        return sync(collect())
-
-    def _group_attrs(self, video_id: str) -> dict | None:
-        doc = self._read_json(f"{layout.video_path(video_id)}/zarr.json")
-        return None if doc is None else doc.get("attributes", {})
-
-    def _require_attrs(self, video_id: str) -> dict:
-        attrs = self._group_attrs(video_id)
-        if attrs is None:
-            raise StoreError(f"{self.path}: unknown video {video_id!r}")
-        return attrs
-
-    def _require_incomplete(self, video_id: str) -> dict:
-        attrs = self._require_attrs(video_id)
-        if attrs.get("status") == "complete":
-            raise StoreError(f"{self.path}: video {video_id!r} is complete; delete it before writing it again")
-        return attrs
-
-    def _array(self, video_id: str, name: str) -> zarr.Array:
-        """Open one array of a video. Writes store every object, even one of fill values only, so a complete
-        video holds exactly the objects its manifest lists. The first time an array of a complete video is
-        opened here, its objects are checked against the manifest (present, same size; see ``check_video``):
-        a missing or cut-short shard raises StoreError naming the video and the range instead of reading
-        as fill values."""
-        key = layout.array_path(video_id, name)
-        try:
-            arr = zarr.open_array(self._store, path=key, zarr_format=3).with_config({"write_empty_chunks": True})
-        except (KeyError, FileNotFoundError, zarr.errors.ArrayNotFoundError) as e:
-            if self._group_attrs(video_id) is None:
-                raise StoreError(f"{self.path}: unknown video {video_id!r}") from e
-            raise StoreError(f"{self.path}: video {video_id!r} has no {name!r} array (an interrupted create?)") from e
-        if (video_id, name) not in self._checked:
-            attrs = self._group_attrs(video_id) or {}
-            if attrs.get("status") == "complete":
-                damage = integrity.check_arrays(self, video_id, attrs, [name], full=False)[0]
-                if damage:
-                    raise integrity.damaged_error(self, video_id, attrs, damage)
-                self._checked.add((video_id, name))
-        return arr
-
     # ------------------------------------------------------------------ integrity (storage.integrity)
 
     def check_video(self, video_id: str, *, full: bool = True) -> list[ShardDamage]:
@@ -208,20 +137,6 @@ class VideoStore:
         object with ``full``. Writes nothing."""
         return integrity.verify(self, full)
 
-    # ------------------------------------------------------------------ listing
-
-    def video_ids(self) -> list[str]:
-        """Ids of every video group, complete or not, sorted."""
-        return sorted(n for n in self._list_dir(layout.VIDEOS) if n != "zarr.json")
-
-    def is_complete(self, video_id: str) -> bool:
-        """Whether the video is stored completely (its group's ``status`` attribute is ``"complete"``)."""
-        attrs = self._group_attrs(video_id)
-        return attrs is not None and attrs.get("status") == "complete"
-
-    def complete_ids(self) -> list[str]:
-        """Ids of the complete videos, sorted."""
-        return [v for v in self.video_ids() if self.is_complete(v)]
     # ------------------------------------------------------------------ writing (storage.writing)
 
     def writer_lock(self, video_id: str, *, wait: bool = True, on_wait=None):  # noqa: ANN001, ANN201 - cpfs.locks
@@ -305,7 +220,7 @@ class VideoStore:
         """Record the store's format version (``cpfs upgrade`` sets it once every video has what it needs)."""
         if version not in layout.READABLE_FORMAT_VERSIONS:
             raise ValueError(f"unknown format version {version}")
-        root = zarr.open_group(self._store, mode="r+")
+        root = zarr.open_group(self.zarr_store, mode="r+")
         root.update_attributes({layout.ROOT_ATTR: {"format_version": int(version)}})
 
     # ------------------------------------------------------------------ markers and completion (storage.writing)
@@ -334,7 +249,7 @@ class VideoStore:
 
     def damaged_frames(self, video_id: str) -> np.ndarray:
         """bool (T,): the stored frames that may show a decode error's damage (``decode_errors().damaged``)."""
-        out = np.zeros(int(self._require_attrs(video_id)["n_frames"]), dtype=bool)
+        out = np.zeros(int(self.require_attrs(video_id)["n_frames"]), dtype=bool)
         for a, b in self.decode_errors(video_id).damaged:
             out[a:b] = True
         return out
@@ -391,15 +306,15 @@ class VideoStore:
 
     def video_attrs(self, video_id: str) -> dict:
         """The video group's attributes (provenance, settings, status, ...)."""
-        return self._require_attrs(video_id)
+        return self.require_attrs(video_id)
 
     def frames(self, video_id: str) -> zarr.Array:
         """The ``frames`` array (T, H, W, 3) uint8."""
-        return self._array(video_id, "frames")
+        return integrity.open_checked(self, video_id, "frames")
 
     def flow(self, video_id: str) -> zarr.Array:
         """The ``flow`` array (T-1, H, W, 2) int16 fixed point; decode with its ``scale`` attribute."""
-        return self._array(video_id, "flow")
+        return integrity.open_checked(self, video_id, "flow")
 
     @staticmethod
     def _check_range(arr: zarr.Array, start: int, stop: int, what: str) -> None:
@@ -420,14 +335,14 @@ class VideoStore:
 
     def read_pair_error(self, video_id: str) -> np.ndarray:
         """Photometric warp error of every pair, float32 (T-1,)."""
-        return self._array(video_id, "pair_error")[:]
+        return integrity.open_checked(self, video_id, "pair_error")[:]
 
     def read_cut(self, video_id: str) -> np.ndarray:
         """Shot-cut flags of every pair, bool (T-1,). Written by finalize: an incomplete video raises."""
         if not self.is_complete(video_id):
-            self._require_attrs(video_id)
+            self.require_attrs(video_id)
             raise StoreError(f"{self.path}: video {video_id!r} is incomplete; its cut flags are not written yet")
-        return self._array(video_id, "cut")[:]
+        return integrity.open_checked(self, video_id, "cut")[:]
 
     def open_dask(self, video_id: str, name: layout.ArrayName) -> da.Array:
         """A stored array as a dask array with one chunk per shard, (S, H, W, C) (or (S,) for 1-D arrays).
@@ -436,7 +351,7 @@ class VideoStore:
         """
         import dask.array as da  # here, not at the top: dask takes seconds to import and most readers never need it
 
-        arr = self._array(video_id, name)
+        arr = integrity.open_checked(self, video_id, name)
         return da.from_zarr(arr, chunks=(writing.shard_len(arr), *arr.shape[1:]))
 
 

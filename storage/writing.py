@@ -22,7 +22,7 @@ from cpfs.records import DecodeErrors, FrameRange, VideoRecord
 
 from . import layout
 from .fixed_point import encode_flow
-from .integrity import manifest
+from .integrity import manifest, open_checked
 from .records import (
     MANIFEST_DIGEST,
     STORE_ATTRS,
@@ -35,11 +35,11 @@ from .records import (
 )
 
 if TYPE_CHECKING:
-    from .store import VideoStore
+    from .io import StoreIO
 
 
 def begin_video(
-    store: VideoStore,
+    store: StoreIO,
     record: VideoRecord,
     attrs: Mapping[str, Any] | None,
     backend: str | None,
@@ -73,19 +73,19 @@ def begin_video(
         "status": "incomplete",
     }
     new = json_normalise(new, f"attributes of video {video_id}")
-    old = store._group_attrs(video_id)
+    old = store.group_attrs(video_id)
     if old is not None:
         same = {k: v for k, v in old.items() if k not in VOLATILE_ATTRS} == {
             k: v for k, v in new.items() if k not in VOLATILE_ATTRS
         }
         if same and arrays_intact(store, video_id, specs):
             return "resumed"
-        store.delete_video(video_id)
+        delete_video(store, video_id, False)
     try:
-        zarr.create_group(store._store, path=layout.video_path(video_id), attributes=new)
+        zarr.create_group(store.zarr_store, path=layout.video_path(video_id), attributes=new)
         for spec in specs.values():
             zarr.create_array(
-                store._store,
+                store.zarr_store,
                 name=layout.array_path(video_id, spec.name),
                 shape=spec.shape,
                 dtype=spec.dtype,
@@ -96,8 +96,8 @@ def begin_video(
                 dimension_names=spec.dims,
                 attributes=array_attrs(store, spec.name),
             )
-        store._write_json(f"{layout.done_path(video_id)}/zarr.json", group_doc({}))
-        store._write_json(f"{layout.clipped_path(video_id)}/zarr.json", group_doc({}))
+        store.write_json(f"{layout.done_path(video_id)}/zarr.json", group_doc({}))
+        store.write_json(f"{layout.clipped_path(video_id)}/zarr.json", group_doc({}))
     except OSError as e:
         raise StoreError(f"{store.path}: cannot create video {video_id!r} ({type(e).__name__}: {e})") from e
     return "created"
@@ -126,7 +126,7 @@ def begin_attrs(
     return given
 
 
-def array_attrs(store: VideoStore, name: str) -> dict:
+def array_attrs(store: StoreIO, name: str) -> dict:
     """The attributes an array of a new video is created with."""
     if name == "flow":
         return {"scale": store.cfg.flow_scale, "bound": store.cfg.flow_bound, "units": "px", "clipped_pixels": None}
@@ -139,23 +139,23 @@ def array_attrs(store: VideoStore, name: str) -> dict:
     return {}
 
 
-def arrays_intact(store: VideoStore, video_id: str, specs: dict[str, layout.ArraySpec]) -> bool:
+def arrays_intact(store: StoreIO, video_id: str, specs: dict[str, layout.ArraySpec]) -> bool:
     """Whether an incomplete video's arrays and marker groups exist with the shapes ``specs`` give."""
     for spec in specs.values():
         try:
-            arr = zarr.open_array(store._store, path=layout.array_path(video_id, spec.name), zarr_format=3)
+            arr = zarr.open_array(store.zarr_store, path=layout.array_path(video_id, spec.name), zarr_format=3)
         except (KeyError, FileNotFoundError, zarr.errors.ArrayNotFoundError):
             return False
         if arr.shape != spec.shape or arr.dtype != np.dtype(spec.dtype) or arr.shards != spec.shards:
             return False
     return all(
-        store._read_json(f"{p}/zarr.json") is not None
+        store.read_json(f"{p}/zarr.json") is not None
         for p in (layout.done_path(video_id), layout.clipped_path(video_id))
     )
 
 
 @contextmanager
-def writing(store: VideoStore, video_id: str, what: str) -> Iterator[None]:
+def writing(store: StoreIO, video_id: str, what: str) -> Iterator[None]:
     """Turn an OSError of a write (disk full, permission, a blocked path) into a StoreError naming it.
     The video stays incomplete: its completion marker is only ever the last write of finalize."""
     try:
@@ -172,10 +172,10 @@ def shard_len(arr: zarr.Array) -> int:
     return (arr.shards or arr.chunks)[0]
 
 
-def write_frames(store: VideoStore, video_id: str, start: int, frames: np.ndarray) -> None:
+def write_frames(store: StoreIO, video_id: str, start: int, frames: np.ndarray) -> None:
     """See :meth:`VideoStore.write_frames`."""
-    store._require_incomplete(video_id)
-    arr = store._array(video_id, "frames")
+    store.require_incomplete(video_id)
+    arr = open_checked(store, video_id, "frames")
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != arr.shape[1:]:
         raise ValueError(
@@ -187,10 +187,10 @@ def write_frames(store: VideoStore, video_id: str, start: int, frames: np.ndarra
         arr[start : start + frames.shape[0]] = frames
 
 
-def write_flow(store: VideoStore, video_id: str, start: int, flow: np.ndarray, pair_error: np.ndarray) -> int:
+def write_flow(store: StoreIO, video_id: str, start: int, flow: np.ndarray, pair_error: np.ndarray) -> int:
     """See :meth:`VideoStore.write_flow`."""
-    store._require_incomplete(video_id)
-    arr = store._array(video_id, "flow")
+    store.require_incomplete(video_id)
+    arr = open_checked(store, video_id, "flow")
     flow = np.asarray(flow)
     if flow.ndim != 4 or flow.shape[1:] != arr.shape[1:]:
         raise ValueError(
@@ -212,21 +212,21 @@ def write_flow(store: VideoStore, video_id: str, start: int, flow: np.ndarray, p
         q[a:b], counts[(start + a, start + b)] = encode_flow(flow[a:b], scale, bound)
     with writing(store, video_id, f"flow of pairs [{start}, {start + n})"):
         arr[start : start + n] = q  # one write for the whole block
-        store._array(video_id, "pair_error")[start : start + n] = pair_error.astype(np.float32)
-        store._array(video_id, "motion")[start : start + n] = motion_statistics(flow)
+        open_checked(store, video_id, "pair_error")[start : start + n] = pair_error.astype(np.float32)
+        open_checked(store, video_id, "motion")[start : start + n] = motion_statistics(flow)
         for (a, b), c in counts.items():  # after the data: a count never describes unwritten flow
             key = f"{layout.clipped_path(video_id)}/{a}-{b}/zarr.json"
-            store._write_json(key, group_doc({"clipped_pixels": c}))
+            store.write_json(key, group_doc({"clipped_pixels": c}))
     return sum(counts.values())
 
 
-def count_clipped(store: VideoStore, video_id: str) -> int:
+def count_clipped(store: StoreIO, video_id: str) -> int:
     """See :meth:`VideoStore.count_clipped`."""
-    store._require_attrs(video_id)
+    store.require_attrs(video_id)
     total = 0
-    for name in store._list_dir(layout.clipped_path(video_id)):
+    for name in store.list_dir(layout.clipped_path(video_id)):
         if layout.parse_range_name(name) is not None:
-            doc = store._read_json(f"{layout.clipped_path(video_id)}/{name}/zarr.json") or {}
+            doc = store.read_json(f"{layout.clipped_path(video_id)}/{name}/zarr.json") or {}
             total += int(doc.get("attributes", {}).get("clipped_pixels", 0))
     return total
 
@@ -243,24 +243,24 @@ def decode_errors_of(doc: Mapping[str, Any] | None) -> DecodeErrors:
     return DecodeErrors.of(doc.get("corrupt_source_frames", ()), doc.get("damaged_frames", ()))
 
 
-def marked_decode_errors(store: VideoStore, video_id: str) -> DecodeErrors:
+def marked_decode_errors(store: StoreIO, video_id: str) -> DecodeErrors:
     """The union of the decode errors recorded with the video's "frames" markers."""
     out = DecodeErrors()
     for a, b in done_ranges(store, video_id, "frames"):
-        doc = store._read_json(f"{layout.done_path(video_id)}/{layout.marker_name('frames', a, b)}/zarr.json") or {}
+        doc = store.read_json(f"{layout.done_path(video_id)}/{layout.marker_name('frames', a, b)}/zarr.json") or {}
         out = out.union(decode_errors_of(doc.get("attributes", {}).get(layout.DECODE_ERRORS_ATTR)))
     return out
 
 
-def decode_errors(store: VideoStore, video_id: str) -> DecodeErrors:
+def decode_errors(store: StoreIO, video_id: str) -> DecodeErrors:
     """See :meth:`VideoStore.decode_errors`."""
-    attrs = store._require_attrs(video_id)
+    attrs = store.require_attrs(video_id)
     if attrs.get("status") == "complete":
         return decode_errors_of(attrs.get(layout.DECODE_ERRORS_ATTR))
     return marked_decode_errors(store, video_id)
 
 
-def mark_done(store: VideoStore, video_id: str, kind: layout.MarkerKind, frame_range: FrameRange,
+def mark_done(store: StoreIO, video_id: str, kind: layout.MarkerKind, frame_range: FrameRange,
               errors: DecodeErrors | None = None) -> None:
     """See :meth:`VideoStore.mark_done`."""
     if frame_range.video_id != video_id:
@@ -268,8 +268,8 @@ def mark_done(store: VideoStore, video_id: str, kind: layout.MarkerKind, frame_r
     if errors and kind != "frames":
         raise ValueError(f"mark_done: decode errors go with a 'frames' marker, not {kind!r} (video {video_id})")
     name = layout.marker_name(kind, frame_range.start, frame_range.stop)
-    store._require_incomplete(video_id)
-    arr = store._array(video_id, "frames")
+    store.require_incomplete(video_id)
+    arr = open_checked(store, video_id, "frames")
     t, s = arr.shape[0], shard_len(arr)
     start, stop = frame_range.start, frame_range.stop
     end = t - 1 if kind == "flow" and stop == t - 1 else t  # a flow range may end at the last pair
@@ -279,16 +279,16 @@ def mark_done(store: VideoStore, video_id: str, kind: layout.MarkerKind, frame_r
         attrs[layout.DECODE_ERRORS_ATTR] = decode_errors_doc(errors)
     doc = group_doc(attrs)
     with writing(store, video_id, f"marker {name}"):
-        store._write_json(f"{layout.done_path(video_id)}/{name}/zarr.json", doc)
+        store.write_json(f"{layout.done_path(video_id)}/{name}/zarr.json", doc)
 
 
-def done_ranges(store: VideoStore, video_id: str, kind: layout.MarkerKind) -> list[tuple[int, int]]:
+def done_ranges(store: StoreIO, video_id: str, kind: layout.MarkerKind) -> list[tuple[int, int]]:
     """See :meth:`VideoStore.done_ranges`."""
     if kind not in layout.MARKER_KINDS:
         raise ValueError(f"unknown marker kind {kind!r} (expected one of {', '.join(layout.MARKER_KINDS)})")
-    store._require_attrs(video_id)
+    store.require_attrs(video_id)
     out = []
-    for name in store._list_dir(layout.done_path(video_id)):
+    for name in store.list_dir(layout.done_path(video_id)):
         parsed = layout.parse_marker_name(name)
         if parsed is not None and parsed[0] == kind:
             out.append((parsed[1], parsed[2]))
@@ -296,27 +296,27 @@ def done_ranges(store: VideoStore, video_id: str, kind: layout.MarkerKind) -> li
 
 
 def finalize(
-    store: VideoStore,
+    store: StoreIO,
     video_id: str,
     cut: np.ndarray,
     clipped_pixels: int | None,
     extra_attrs: Mapping[str, Any] | None,
 ) -> None:
     """See :meth:`VideoStore.finalize`."""
-    attrs = store._require_incomplete(video_id)
+    attrs = store.require_incomplete(video_id)
     t = attrs["n_frames"]
     cut = np.asarray(cut)
     if cut.dtype != np.bool_ or cut.shape != (t - 1,):
         raise ValueError(f"cut of video {video_id}: expected bool ({t - 1},), got {cut.dtype} {cut.shape}")
     for kind, length in (("frames", t), ("flow", t - 1)):
-        ranges = [(a, min(b, length)) for a, b in store.done_ranges(video_id, kind)]
+        ranges = [(a, min(b, length)) for a, b in done_ranges(store, video_id, kind)]
         gaps = missing_ranges(ranges, length)
         if gaps:
             raise StoreError(
                 f"{store.path}: cannot finalize video {video_id!r}: "
                 f"{'frames' if kind == 'frames' else 'flow of pairs'} {gaps} not marked done"
             )
-    clipped = store.count_clipped(video_id) if clipped_pixels is None else int(clipped_pixels)
+    clipped = count_clipped(store, video_id) if clipped_pixels is None else int(clipped_pixels)
     final = {"n_cuts": int(cut.sum()), "clipped_pixels": clipped, "status": "complete", "completed_at": utc_now(),
              layout.DECODE_ERRORS_ATTR: decode_errors_doc(marked_decode_errors(store, video_id))}
     extra = json_normalise(dict(extra_attrs or {}), f"extra attributes of video {video_id}")
@@ -327,21 +327,21 @@ def finalize(
             + ", ".join(f"{k}={extra[k]!r} (store: {final.get(k, attrs.get(k))!r})" for k in clash)
         )
     with writing(store, video_id, "cut flags and completion"):
-        store._array(video_id, "cut")[:] = cut
-        store._array(video_id, "flow").update_attributes({"clipped_pixels": clipped})
+        open_checked(store, video_id, "cut")[:] = cut
+        open_checked(store, video_id, "flow").update_attributes({"clipped_pixels": clipped})
         # The manifest: what was written, object by object, so a reader can tell a lost shard from zeros.
         objects = manifest(store, video_id, attrs)
-        store._write_json(f"{layout.manifest_path(video_id)}/zarr.json",
+        store.write_json(f"{layout.manifest_path(video_id)}/zarr.json",
                           group_doc({"digest": MANIFEST_DIGEST, "objects": objects}))
         final["shard_counts"] = {name: len(objs) for name, objs in objects.items()}
-        group = zarr.open_group(store._store, path=layout.video_path(video_id), mode="r+")
+        group = zarr.open_group(store.zarr_store, path=layout.video_path(video_id), mode="r+")
         # One document write: the extra attributes and the completion marker land together, after all data.
         group.update_attributes({**extra, **final})
 
 
-def delete_video(store: VideoStore, video_id: str, force: bool) -> None:
+def delete_video(store: StoreIO, video_id: str, force: bool) -> None:
     """See :meth:`VideoStore.delete_video`."""
-    attrs = store._require_attrs(video_id)
+    attrs = store.require_attrs(video_id)
     if attrs.get("status") == "complete" and not force:
         raise StoreError(f"{store.path}: video {video_id!r} is complete; pass force=True to delete it")
-    sync(store._store.delete_dir(layout.video_path(video_id)))
+    sync(store.zarr_store.delete_dir(layout.video_path(video_id)))

@@ -13,7 +13,7 @@ import pytest
 from cpfs.config import StoreConfig
 from cpfs.errors import StoreError
 from storage import VideoStore
-from storage import layout
+from storage import integrity, layout
 from tests.storage.test_store import S, T, cfg, ingest, make_record, store  # noqa: F401 - fixtures
 
 __all__ = ["cfg", "store"]
@@ -67,7 +67,7 @@ def test_a_missing_shard_fails_loudly_naming_the_video_and_range(store: VideoSto
     unit = "frames" if array == "frames" else "pairs"
     readers = {"frames": lambda: s.read_frames("v1", 0, 2), "flow": lambda: s.read_flow("v1", 0, 2),
                "pair_error": lambda: s.read_pair_error("v1"), "cut": lambda: s.read_cut("v1")}
-    for read in (readers[array], lambda: s.open_dask("v1", array), lambda: s._array("v1", array)):
+    for read in (readers[array], lambda: s.open_dask("v1", array), lambda: integrity.open_checked(s, "v1", array)):
         with pytest.raises(StoreError) as info:
             read()
         msg = str(info.value)
@@ -78,7 +78,7 @@ def test_a_missing_shard_fails_loudly_naming_the_video_and_range(store: VideoSto
     (problem,) = report.damaged["v1"]
     assert (problem.array, problem.key, problem.start, problem.stop, problem.problem) == (array, key, 4, 8, "missing")
     other = "frames" if array != "frames" else "flow"
-    assert s._array("v1", other).shape[0] in (T, T - 1)  # the intact arrays of the video stay readable
+    assert integrity.open_checked(s, "v1", other).shape[0] in (T, T - 1)  # the intact arrays of the video stay readable
 
 
 def test_cut_short_shard_fails_on_open_and_changed_bytes_fail_verify(store: VideoStore, cfg: StoreConfig) -> None:
