@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from cpfs.checkpoint import load_model
+from cpfs.training.checkpoint import load_model
 from cpfs.config import StoreConfig
-from cpfs.data import FlowPairDataset, complete_videos, plan_split
+from cpfs.training.data import FlowPairDataset, complete_videos, plan_split
 from cpfs.evaluation import baselines
 from cpfs.evaluation.davis import davis_protocol
 from cpfs.evaluation.features import hypercolumn_features
-from cpfs.train import _seed_everything, build_model
+from cpfs.training.train import _seed_everything, build_model
 from cpfs.config import TrainConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

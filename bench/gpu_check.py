@@ -1,6 +1,6 @@
 """The GPU measurements of issue 12 that are not a benchmark of their own; ``bench/gpu_check.sh`` runs them.
 
-- ``ingest``: the sample videos ingested with ``--backend auto`` by the library (``cpfs.ingest.ingest_video``,
+- ``ingest``: the sample videos ingested with ``--backend auto`` by the library (``cpfs.ingest.steps.ingest_video``,
   no Prefect server: its start-up is not what is measured), one fresh store: which backend "auto" picked,
   frames/s per video and overall, beside decoding alone (ffmpeg into memory, same videos, same size) in the
   same run. Goal on a GPU: ingest bounded by decode, i.e. ``ingest_fps / decode_fps`` near 1.
@@ -53,11 +53,11 @@ def env() -> dict:
 def ingest(store: str, size: int, max_frames: int | None) -> dict:
     """Ingest the sample videos with backend auto into a fresh ``store``; decode alone beside it."""
     from cpfs.config import IngestConfig
-    from cpfs.discovery import sample_videos
+    from cpfs.ingest.discovery import sample_videos
     from cpfs.flow import resolve_backend
-    from cpfs.ingest import ingest_video
+    from cpfs.ingest.steps import ingest_video
     from cpfs.records import VideoSource
-    from cpfs.video import decode
+    from cpfs.ingest.video import decode
 
     shutil.rmtree(store, ignore_errors=True)
     cfg = IngestConfig.model_validate({"store": {"path": store}, "flow": {"backend": "auto"},
@@ -91,7 +91,7 @@ def train(store: str, preset: str, steps: int, device: str | None, batch_size: i
     import torch
 
     from cpfs.config import StoreConfig, TrainConfig
-    from cpfs.train import train as run_training
+    from cpfs.training.train import train as run_training
 
     over: dict = {"preset": preset, "steps": steps, "checkpoint_every": steps, "log_every": 1,
                   "schedule": {"warmup_steps": min(20, steps // 4)}}

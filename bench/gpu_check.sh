@@ -7,7 +7,7 @@
 # Steps (each under its own time limit inside an overall budget, GPU_CHECK_BUDGET_S, default 540 s; a step
 # that fails or runs out of time is recorded and the next one runs):
 #   env       Python, torch (+CUDA), OpenCV, nvidia-smi
-#   tests     (a) the CUDA tests (pytest -k cuda tests/cpfs/test_flow_cuda.py) and the CPU tests that keep
+#   tests     (a) the CUDA tests (pytest -k cuda tests/cpfs/flow/test_flow_cuda.py) and the CPU tests that keep
 #             the CUDA code paths honest (test_torch_tvl1.py, test_flow_backends.py)
 #   speed     (b) bench/flow_tvl1_speed.py at 256 and 512 px, batch 1/8/32, OpenCV CPU TV-L1 in the same run
 #             (goal: >= 100x one-thread CPU TV-L1 at 256x256)
@@ -60,7 +60,7 @@ step() {
 
 python_env() {
   if [[ -n "${CPFS_PYTHON:-}" ]]; then PY=$CPFS_PYTHON; return 0; fi
-  if [[ -x .venv/bin/python ]] && .venv/bin/python -c "import cpfs.ingest, torch" 2>/dev/null; then
+  if [[ -x .venv/bin/python ]] && .venv/bin/python -c "import cpfs.ingest.steps, torch" 2>/dev/null; then
     PY=.venv/bin/python; return 0
   fi
   local venv=/tmp/cpfs-gpu-venv
@@ -96,7 +96,7 @@ STORE=$(mktemp -d /tmp/cpfs-gpu-store-XXXX)/store.zarr
 
 if ((DRY)); then
   export CPFS_TEST_CUDA_DEVICE=cpu  # the CUDA tests' bodies, on the CPU
-  step tests 300 "$PY" -m pytest -q -rs -x -p no:cacheprovider tests/cpfs/test_flow_cuda.py -k cuda
+  step tests 300 "$PY" -m pytest -q -rs -x -p no:cacheprovider tests/cpfs/flow/test_flow_cuda.py -k cuda
   step speed 120 "$PY" bench/flow_tvl1_speed.py --device cpu --sizes 48 --batch-sizes 1 2 --pairs 2 \
     --opencv-pairs 1 --compile off --threads 1
   step accuracy 60 "$PY" bench/flow_tvl1_accuracy.py --help  # Middlebury on CPU torch takes minutes: only load it
@@ -106,8 +106,8 @@ if ((DRY)); then
       --device cpu --batch-size 2 --num-workers 0 --json "$OUT/train-$preset.json"
   done
 else
-  step tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/cpfs/test_flow_cuda.py tests/cpfs/test_torch_tvl1.py \
-    tests/cpfs/test_flow_backends.py
+  step tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/cpfs/flow/test_flow_cuda.py tests/cpfs/flow/test_torch_tvl1.py \
+    tests/cpfs/flow/test_flow_backends.py
   step speed 200 "$PY" bench/flow_tvl1_speed.py --device cuda --sizes 256 512 --batch-sizes 1 8 32
   step accuracy 100 "$PY" bench/flow_tvl1_accuracy.py --device cuda --video-pairs 2
   step ingest 120 "$PY" bench/gpu_check.py ingest --store "$STORE" --size 256 --json "$OUT/ingest.json"

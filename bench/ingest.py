@@ -8,14 +8,14 @@ Throughput (one run, same frames, same cores, repeats interleaved): for each bac
 - *flow*: the real Prefect flow ``flows.ingest.ingest`` (decode + flow + photometric error + Zarr write +
   cut detection + index + Prefect/Dask orchestration) on a fresh store in a temporary folder.
 
-Both are given in frames/s over the same sample videos (``cpfs.discovery.sample_videos()``) and as the ratio
+Both are given in frames/s over the same sample videos (``cpfs.ingest.discovery.sample_videos()``) and as the ratio
 flow / bare (goal >= 0.9: decoding and writing overlap the flow computation). CPU seconds per frame (this
 process, its finished children such as ffmpeg, and its live children such as the Prefect server) are given
 beside the wall times: on a shared machine they are less noisy than wall time. The temporary Prefect server
 starts before anything is timed (a trivial flow is run twice: the first call's time is the server start-up,
 the second a flow's fixed cost); both are printed.
 
-Memory: the library ``cpfs.ingest.ingest_video`` ingests a short input (bikes.mp4) and a ten-times-longer
+Memory: the library ``cpfs.ingest.steps.ingest_video`` ingests a short input (bikes.mp4) and a ten-times-longer
 one (bikes.mp4 looped with ``ffmpeg -stream_loop 9 -c copy``), each in a fresh subprocess into a fresh
 store; the peak RSS of the Python process (the kernel's high-water mark ``VmHWM``), and the peaks of its
 ffmpeg children and of the whole process tree (psutil sampling every 20 ms) are printed with the long/short
@@ -79,7 +79,7 @@ def load_average() -> float:
 def decode_all(paths: list[Path], cfg) -> tuple[list[np.ndarray], float]:  # noqa: ANN001 (IngestConfig)
     """Every video decoded in memory as the pipeline decodes it -> ([(T, H, W, 3) uint8], seconds)."""
     from cpfs.records import VideoSource
-    from cpfs.video import decode
+    from cpfs.ingest.video import decode
 
     t0 = time.perf_counter()
     frames = [np.stack(list(decode(VideoSource(str(p), "file"), cfg.decode))) for p in paths]
@@ -132,7 +132,7 @@ def warm_prefect() -> dict:
 def throughput(backends: list[str], size: int, repeats: int, work: Path) -> dict:
     """Bare loop vs the Prefect flow for each backend, repeats interleaved -> plain numbers."""
     from cpfs.config import IngestConfig
-    from cpfs.discovery import sample_videos
+    from cpfs.ingest.discovery import sample_videos
 
     paths = sample_videos()
     out: dict = {"videos": [p.name for p in paths], "size": size, "cpu_count": os.cpu_count(), "backends": {}}
@@ -185,7 +185,7 @@ def peak_rss_mib() -> float:
 def child_memory(video: str, store: str, backend: str, size: int) -> None:
     """In a fresh process: ingest one video with the library, print peaks as JSON on the last line."""
     from cpfs.config import IngestConfig
-    from cpfs.ingest import ingest_video
+    from cpfs.ingest.steps import ingest_video
     from cpfs.records import VideoSource
 
     cfg = IngestConfig.model_validate({"store": {"path": store}, "decode": {"short_side": size},
@@ -225,7 +225,7 @@ def measure_memory(video: Path, store: Path, backend: str, size: int) -> dict:
 
 def memory(backend: str, size: int, loops: int, work: Path) -> dict:
     """Peak memory of ``ingest_video`` on bikes.mp4 and on bikes.mp4 looped ``loops`` times."""
-    from cpfs.discovery import sample_videos
+    from cpfs.ingest.discovery import sample_videos
 
     bikes = next(p for p in sample_videos() if p.name == "bikes.mp4")
     long = make_long(bikes, loops, work / f"bikes-x{loops}.mp4")

@@ -10,13 +10,13 @@ This benchmark measures that work step by step with the library's own functions 
 step at a time, with no Prefect, no Dask and no overlap (each step's CPU time is the process's, its threads
 and, for decoding, its ffmpeg children):
 
-- ``decode``: ``cpfs.video.decode`` (ffmpeg pipe, scaled to ``--size``);
-- ``gray``: RGB -> luma once per frame, as ``cpfs.ingest.process_range`` does for pairwise backends;
+- ``decode``: ``cpfs.ingest.video.decode`` (ffmpeg pipe, scaled to ``--size``);
+- ``gray``: RGB -> luma once per frame, as ``cpfs.ingest.steps.process_range`` does for pairwise backends;
 - ``flow``: the backend's ``flow_gray`` on each consecutive pair (what the ingest runs);
 - ``warp error``: ``cpfs.flow.metrics.photometric_error`` per pair (the shot-cut detector needs it);
 - ``write frames`` / ``write flow``: ``VideoStore.write_frames`` / ``write_flow`` per shard block into a real
   store in a temporary folder (fixed-point flow encoding, per-pair motion statistics, Blosc/zstd, files);
-- ``finalize``: ``cpfs.ingest.finalize_video`` (cut detection from stored warp errors and colour histograms).
+- ``finalize``: ``cpfs.ingest.steps.finalize_video`` (cut detection from stored warp errors and colour histograms).
 
 and the bare loop itself (``bench/ingest.py``'s ``bare_loop``: ``backend.compute`` over shard blocks), in the
 same run, and prints the ceiling. Nothing of the orchestration (Prefect, Dask, task scheduling) is counted:
@@ -70,11 +70,11 @@ def measure(backend_name: str, size: int, work: Path) -> dict:
     import cv2
 
     from cpfs.config import IngestConfig
-    from cpfs.discovery import discover, sample_videos
+    from cpfs.ingest.discovery import discover, sample_videos
     from cpfs.flow import make_backend
     from cpfs.flow.metrics import photometric_error
-    from cpfs.ingest import finalize_video, prepare_video
-    from cpfs.video import decode
+    from cpfs.ingest.steps import finalize_video, prepare_video
+    from cpfs.ingest.video import decode
     from storage import VideoStore
 
     cfg = IngestConfig.model_validate({"decode": {"short_side": size}, "flow": {"backend": backend_name},

@@ -6,7 +6,7 @@
    ``--short-side``; never ``../shared/data/davis``, the DAVIS evaluation). Complete videos are skipped.
 2. Split: ``--heldout`` names held-out videos by file or folder name (e.g. ``cup.mp4 soapbox``); every other
    video trains.
-3. Training: ``cpfs.train.train`` with the preset ``--preset`` and ``--set key=json`` overrides, in segments of
+3. Training: ``cpfs.training.train.train`` with the preset ``--preset`` and ``--set key=json`` overrides, in segments of
    ``--eval-every`` steps (``stop_after`` + exact resume).
 4. Evaluation after every segment, with the evaluation library (``cpfs.evaluation.flow_alignment``): up to
    ``--pairs`` pairs per held-out video in which at least ``--min-moving`` of the pixels move on their own
@@ -18,7 +18,7 @@
    (``cpfs.evaluation.stats.paired_bootstrap``), overall and per video.
 
 5. Optionally (``--validate-davis``, ``--validate-sequences``): validation during training on held-out
-   ``davis-train`` sequences (``cpfs.validation``), and the final measurements of the best validated checkpoint
+   ``davis-train`` sequences (``cpfs.training.validation``), and the final measurements of the best validated checkpoint
    (``final`` in the JSON) rather than the last; ``--davis`` with ``--davis-sequences`` scores DAVIS label
    propagation at the end (``--davis-colour``: the colour-only baseline beside it).
 
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from cpfs.config import DecodeConfig, FlowConfig, IngestConfig, StoreConfig
-from cpfs.data import FlowPairDataset, complete_videos, plan_split
+from cpfs.training.data import FlowPairDataset, complete_videos, plan_split
 from cpfs.evaluation import baselines
 from cpfs.evaluation.davis import davis_protocol
 from cpfs.evaluation.features import hypercolumn_features, model_embedding_features
@@ -51,13 +51,13 @@ from cpfs.evaluation.context import memoize_features
 from cpfs.evaluation.heldout import PairSubset
 from cpfs.evaluation.protocols.davis import davis_paired
 from cpfs.evaluation.stats import paired_bootstrap, per_group_bootstrap, verdict
-from cpfs.ingest import ingest_video
-from cpfs.model import CPFSModel
-from cpfs.checkpoint import latest_checkpoint, load_checkpoint
-from cpfs.run_folder import RunFolder
-from cpfs.train import _seed_everything, build_model, train
+from cpfs.ingest.steps import ingest_video
+from cpfs.training.model import CPFSModel
+from cpfs.training.checkpoint import latest_checkpoint, load_checkpoint
+from cpfs.training.run_folder import RunFolder
+from cpfs.training.train import _seed_everything, build_model, train
 from cpfs.config import TrainConfig
-from cpfs.discovery import discover, sample_videos
+from cpfs.ingest.discovery import discover, sample_videos
 from storage import VideoStore
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -195,7 +195,7 @@ def main() -> None:
             break
 
     # With validation (--validate-davis), the final measurements are of the best validated checkpoint, the one
-    # the run keeps as its product (cpfs.validation), not of the last.
+    # the run keeps as its product (cpfs.training.validation), not of the last.
     best_ckpt = RunFolder(out / "run").best_checkpoint
     final = {"checkpoint": "last", "step": step}
     if cfg.validation.davis is not None and best_ckpt.is_file():

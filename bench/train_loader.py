@@ -26,10 +26,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from cpfs.config import StoreConfig
-from cpfs.data import FlowPairDataset, InfiniteSampler, worker_init
-from cpfs.model import sample_points
+from cpfs.training.data import FlowPairDataset, InfiniteSampler, worker_init
+from cpfs.training.model import sample_points
 from cpfs.records import FrameRange, VideoMeta, VideoRecord, VideoSource
-from cpfs.train import CPFSObjective, build_model, build_optimizer, build_scheduler, points_generator, train_one_step
+from cpfs.training.train import CPFSObjective, build_model, build_optimizer, build_scheduler, points_generator, train_one_step
 from cpfs.config import TrainConfig
 from storage.store import VideoStore
 

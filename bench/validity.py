@@ -2,16 +2,16 @@
 training steps, for each loss, beside random init and the trivial baselines (project issue 3, "Measure
 honestly"). Not run by CI: it trains for tens of CPU minutes.
 
-1. Store: every real video at hand, the three sample videos (``cpfs.discovery.sample_videos``) and the DAVIS
+1. Store: every real video at hand, the three sample videos (``cpfs.ingest.discovery.sample_videos``) and the DAVIS
    frame folders (``--davis``, default ``../shared/data/davis-train/JPEGImages/480p``; never ``davis/``, the DAVIS evaluation), ingested with
-   ``cpfs.ingest.ingest_video`` (DIS flow, short side ``--short-side`` 128). A video already complete in
+   ``cpfs.ingest.steps.ingest_video`` (DIS flow, short side ``--short-side`` 128). A video already complete in
    ``--store`` is skipped, so a store is reused across runs.
-2. Split: ``cpfs.data.plan_split`` with the demo preset's seed and fraction (whole videos; ``plan_split`` cannot
+2. Split: ``cpfs.training.data.plan_split`` with the demo preset's seed and fraction (whole videos; ``plan_split`` cannot
    hold out part of one video when the store holds several, so the "last fifth of bikes" is not available);
    ``--heldout`` names explicit held-out video ids instead.
 3. Training: for each loss of ``--losses``, the ``demo`` preset (half-width AlexNet, 112 px crops, batch 16,
    256 pixels per image, AdamW weight decay 0.05, colour jitter 0.2, random-scale crops 0.7-1.3, sigma the
-   per-frame median pairwise flow distance) through ``cpfs.train.train``, in segments of ``--eval-every``
+   per-frame median pairwise flow distance) through ``cpfs.training.train.train``, in segments of ``--eval-every``
    steps (``stop_after`` + exact resume). Every loss gets the same number of steps (so the cosine schedule is
    the same), set from a measured throughput to fill ``--minutes-per-loss`` of training time (evaluation not
    counted); a loss that runs 25% past its budget is stopped early and says so.
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from cpfs.config import DecodeConfig, FlowConfig, IngestConfig, StoreConfig
-from cpfs.data import complete_videos, plan_split
+from cpfs.training.data import complete_videos, plan_split
 from cpfs.config import EvalConfig
 from cpfs.evaluation.features import model_embedding_features
 from cpfs.evaluation.flow_alignment import flow_alignment
@@ -54,13 +54,13 @@ from cpfs.evaluation.context import memoize_features, prepare
 from cpfs.evaluation.heldout import PairSubset
 from cpfs.evaluation.paired import combine_seeds
 from cpfs.evaluation.run import run_protocol
-from cpfs.ingest import ingest_video
-from cpfs.model import CPFSModel
+from cpfs.ingest.steps import ingest_video
+from cpfs.training.model import CPFSModel
 from cpfs.records import IngestResult
-from cpfs.run_folder import RunFolder
-from cpfs.train import train
+from cpfs.training.run_folder import RunFolder
+from cpfs.training.train import train
 from cpfs.config import TrainConfig
-from cpfs.discovery import discover, sample_videos
+from cpfs.ingest.discovery import discover, sample_videos
 
 REPO = Path(__file__).resolve().parents[1]
 # Training frames only: ../shared/data/davis/ is the DAVIS evaluation and is never trained on.

@@ -4,7 +4,7 @@ This package holds the science as plain functions and small classes: video decod
 the CPFS model, kernels and losses, data loading, training and evaluation. It never imports Prefect;
 orchestration lives in ``tasks/`` and ``flows/``.
 
-``cpfs.load_backbone(path)`` (``cpfs.backbone``) gives a trained network as a frozen feature extractor; it is
+``cpfs.load_backbone(path)`` (``cpfs.export.backbone``) gives a trained network as a frozen feature extractor; it is
 imported on first use, so ``import cpfs`` stays light (no torch).
 """
 
@@ -18,7 +18,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 def __getattr__(name: str):  # noqa: ANN202 - PEP 562: the backbone API is imported on first use
     if name in ("load_backbone", "Backbone"):
-        from cpfs import backbone
+        from cpfs.export import backbone
 
         return getattr(backbone, name)
     raise AttributeError(f"module 'cpfs' has no attribute {name!r}")

@@ -11,7 +11,7 @@ Columns (all from the flow of one pair, ``(H, W, 2)`` px):
 
 - ``spread_px``: the median pairwise distance ``||f_p - f_q||`` over a fixed sample of pixels (a regular grid
   of ``SAMPLE_GRID x SAMPLE_GRID`` pixel centres, so the value is a pure function of the flow field). It is the
-  flow kernel's median-heuristic bandwidth (``cpfs.kernels.median_pairwise_distance``) on that sample: the
+  flow kernel's median-heuristic bandwidth (``cpfs.training.kernels.median_pairwise_distance``) on that sample: the
   scale of the motion *differences* training sees.
 - ``moving_fraction``: the fraction of pixels whose flow differs from the frame's median flow (the dominant,
   usually camera, motion) by at least ``MOVING_PX`` px: how much of the frame moves on its own.
@@ -30,7 +30,7 @@ MOTION_COLUMNS: tuple[str, ...] = ("spread_px", "moving_fraction", "mag_p50", "m
 # samples per image, so ``spread_px`` is on the scale of the bandwidth training computes.
 SAMPLE_GRID = 16
 # A pixel "moves on its own" when its flow differs from the frame's median flow by at least this, px: twice
-# the flow-noise floor ``cpfs.kernels.MIN_SIGMA_PX`` (0.5 px), so estimation noise alone rarely crosses it.
+# the flow-noise floor ``cpfs.training.kernels.MIN_SIGMA_PX`` (0.5 px), so estimation noise alone rarely crosses it.
 MOVING_PX = 1.0
 
 

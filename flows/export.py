@@ -1,5 +1,5 @@
 """Prefect flow ``export``: a trained network's weights (safetensors), architecture, ONNX graph and model card
-(``cpfs.export``), from a checkpoint or a run folder, on its own or after a pipeline run (``PipelineConfig.export``
+(``cpfs.export.exporter``), from a checkpoint or a run folder, on its own or after a pipeline run (``PipelineConfig.export``
 does the same inside ``flows/pipeline.py``). The card's verdict is published as a markdown artifact."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 from prefect import flow
 
 from cpfs.config.train import DEFAULT_RUN_DIR
-from cpfs.checkpoint import resolve_checkpoint
-from cpfs.export import ExportSummary, export_target_error
-from cpfs.run_folder import RunFolder
+from cpfs.training.checkpoint import resolve_checkpoint
+from cpfs.export.exporter import ExportSummary, export_target_error
+from cpfs.training.run_folder import RunFolder
 from tasks.export import export_task
 
 

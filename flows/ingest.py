@@ -9,7 +9,7 @@ task runner depends on a parameter, the graph runs in the subflow ``ingest-video
 A bad video fails alone: its error names the file and the reason, every other video completes, and the
 run ends Failed with a message listing the failed videos. So does an entry of a folder that cannot be read (a
 symbolic link loop, a dangling link, a sub-folder without permission or one that vanishes while it is walked:
-``cpfs.discovery.discover``), in a watched folder too: its run stores every readable video and ends Failed,
+``cpfs.ingest.discovery.discover``), in a watched folder too: its run stores every readable video and ends Failed,
 naming the entry, until the entry is removed or repaired. A video that decodes with errors ffmpeg conceals is
 stored with them recorded, and its summary line says which frames (``IngestConfig.strict_decode`` fails it).
 Nothing stored earlier is overwritten, except a complete video found damaged (a lost or altered shard), which
@@ -38,11 +38,11 @@ from prefect_dask import DaskTaskRunner
 from cpfs.config import IngestConfig
 from cpfs.errors import CPFSError
 from cpfs.locks import LockBusy
-from cpfs.ingest import IngestPlan
+from cpfs.ingest.steps import IngestPlan
 from cpfs.progress import progress_bar
 from cpfs.pipeline import with_concrete_backend, with_default_inputs
 from cpfs.records import IngestResult, IngestSummary, VideoSource
-from cpfs.discovery import discover
+from cpfs.ingest.discovery import discover
 from flows.dask_workers import guard_cluster, without_worker_profiler
 from storage import VideoStore
 from tasks.ingest import finalize_video, identify_video, prepare_video, process_range, write_index

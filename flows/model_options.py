@@ -1,4 +1,5 @@
 """Command-line options derived from a pydantic configuration model, and errors that name what was typed.
+(Just over ~400 lines: one mechanism, flags from the models, read top to bottom.)
 
 ``model_options(TrainStageConfig)`` gives one ``--flag`` per field a user sets (nested models flattened:
 ``optimizer.lr`` is ``--optimizer-lr``), typed from the field's annotation, with the field's description as

@@ -21,13 +21,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 from prefect.states import Failed
 
-from cpfs.checkpoint import file_sha256
+from cpfs.training.checkpoint import file_sha256
 from cpfs.config import EvalConfig, IngestConfig, PipelineConfig, Stage, TrainStageConfig
 from cpfs.evaluation.run import EvalSummary
-from cpfs.export import export_target_error
+from cpfs.export.exporter import export_target_error
 from cpfs.pipeline import evaluate_fingerprint, ingest_fingerprint, preflight, train_fingerprint
 from cpfs.records import IngestSummary, TrainSummary
-from cpfs.run_folder import EvalFolder, RunFolder
+from cpfs.training.run_folder import EvalFolder, RunFolder
 from flows.evaluate import evaluate
 from flows.ingest import ingest
 from flows.recovery import crash_orphaned_children

@@ -1,4 +1,4 @@
-"""Thin Prefect task of the export: one call to ``cpfs.export.export_model``, and the model card's verdict as a
+"""Thin Prefect task of the export: one call to ``cpfs.export.exporter.export_model``, and the model card's verdict as a
 Prefect markdown artifact (key ``model-card``) so the UI shows how the exported network scored."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from cpfs.export import ExportSummary, export_model
+from cpfs.export.exporter import ExportSummary, export_model
 
 
 # Not cached: an export takes seconds and replaces the folder's earlier export; its inputs (the checkpoint, the

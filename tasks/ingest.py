@@ -1,4 +1,4 @@
-"""Thin Prefect tasks of the ingest stage: each calls one library function of ``cpfs.ingest``.
+"""Thin Prefect tasks of the ingest stage: each calls one library function of ``cpfs.ingest.steps``.
 
 Tasks are per video or per shard range, never per frame (each task run costs the Prefect server tens of
 milliseconds). A ``VideoError`` (a bad source) and a ``SettingsConflictError`` (a stored video asked for with
@@ -10,11 +10,11 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from cpfs import ingest as lib
+from cpfs.ingest import steps as lib
 from cpfs.config import IngestConfig
-from cpfs.discovery import content_id
+from cpfs.ingest.discovery import content_id
 from cpfs.errors import VideoError
-from cpfs.ingest_settings import SettingsConflictError
+from cpfs.ingest.settings import SettingsConflictError
 from cpfs.records import FrameRange, IngestResult, VideoSource
 from storage import VideoStore
 

@@ -1,5 +1,5 @@
-"""Thin Prefect tasks of the training stage: run ``cpfs.train.train`` in this process, or launch it under
-``torchrun`` for several processes (``cpfs.launch``), and report progress to the Prefect UI."""
+"""Thin Prefect tasks of the training stage: run ``cpfs.training.train.train`` in this process, or launch it under
+``torchrun`` for several processes (``cpfs.training.launch``), and report progress to the Prefect UI."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 
 from cpfs.config import TrainStageConfig
-from cpfs.launch import run_summary, run_torchrun, start_step, torchrun_command
+from cpfs.training.launch import run_summary, run_torchrun, start_step, torchrun_command
 from cpfs.progress import progress_bar
 from cpfs.records import TrainSummary
-from cpfs.run_folder import RunFolder
-from cpfs.train import train
+from cpfs.training.run_folder import RunFolder
+from cpfs.training.train import train
 
 
 @task(name="train-cpfs", cache_policy=NO_CACHE, task_run_name="train {stage.train.loss} -> {stage.run_dir}")

@@ -32,7 +32,7 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def sample_videos() -> list[Path]:
-    from cpfs.discovery import sample_videos as _sv
+    from cpfs.ingest.discovery import sample_videos as _sv
 
     return _sv()
 

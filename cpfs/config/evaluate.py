@@ -8,7 +8,7 @@ random-init network of the same architecture (one per seed, batch-norm statistic
 crops) and on the trivial baselines:
 
 - protocol 3, flow-kernel alignment, and protocol 4, the motion-segmentation probe, on the store's held-out
-  video (the split the checkpoint's training used: ``cpfs.data.plan_split`` with its seed and fraction);
+  video (the split the checkpoint's training used: ``cpfs.training.data.plan_split`` with its seed and fraction);
 - protocol 1, the layer-wise linear probes, on scikit-learn's bundled handwritten digits written as an
   ImageFolder: a real labelled set that needs no network, reported as *smoke scale*.
 
@@ -29,7 +29,7 @@ from pydantic import Field, field_validator, model_validator
 from cpfs.config.base import ConfigModel
 from cpfs.config.finetune import FinetuneConfig
 from cpfs.config.store import StoreConfig
-from cpfs.run_folder import RunFolder
+from cpfs.training.run_folder import RunFolder
 
 PROTOCOL_NAMES: tuple[str, ...] = ("flow_alignment", "motion_segmentation", "linear_probe", "segmentation", "davis",
                                    "foreground", "finetune")
@@ -119,7 +119,7 @@ class EvalConfig(ConfigModel):
     @field_validator("layers")
     @classmethod
     def _known_layers(cls, v: list[str]) -> list[str]:
-        from cpfs.model import LAYER_NAMES  # here, not at the top: importing the configuration needs no torch
+        from cpfs.training.model import LAYER_NAMES  # here, not at the top: importing the configuration needs no torch
 
         unknown = [name for name in v if name not in LAYER_NAMES]
         if unknown or not v:

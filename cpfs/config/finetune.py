@@ -30,7 +30,7 @@ class FinetuneConfig(ConfigModel):
     @field_validator("layer")
     @classmethod
     def _known_layer(cls, v: str) -> str:
-        from cpfs.model import LAYER_NAMES  # here, not at the top: importing the configuration needs no torch
+        from cpfs.training.model import LAYER_NAMES  # here, not at the top: importing the configuration needs no torch
 
         if v not in LAYER_NAMES:
             raise ValueError(f"layer must be one of {list(LAYER_NAMES)}, got {v!r}")

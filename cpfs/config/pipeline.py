@@ -33,7 +33,7 @@ class PipelineConfig(ConfigModel):
     evaluate: Annotated[EvalConfig | None, Cli(prefix="")] = Field(
         default=None, description="Evaluation (None: the run folder's checkpoint, out <run_dir>/eval)")
     # After a successful training and evaluation: safetensors weights, architecture, ONNX graph and MODEL_CARD.md
-    # into <run_dir>/export (cpfs.export; an earlier export there is replaced, any other content is an error).
+    # into <run_dir>/export (cpfs.export.exporter; an earlier export there is replaced, any other content is an error).
     export: bool = Field(default=False, description="Export the trained network with its model card into <run_dir>/export")
 
     @model_validator(mode="before")

@@ -1,7 +1,7 @@
 """Configuration of the training stage: ``TrainConfig`` (model, loss, data, optimisation, presets) and
 ``TrainStageConfig`` (the stage as a pipeline step: store, run folder, launch).
 
-``TrainConfig`` is the one object the training library (``cpfs.data``, ``cpfs.train``, ``cpfs.distributed``)
+``TrainConfig`` is the one object the training library (``cpfs.training.data``, ``cpfs.training.train``, ``cpfs.training.distributed``)
 takes, built at the boundary (CLI, Prefect flow parameters) and validated there. Two presets:
 
 - ``demo`` (also the defaults of ``TrainConfig()``): a CPU run of a few minutes on 2 cores. Half-width AlexNet,
@@ -127,7 +127,7 @@ class TrainConfig(ConfigModel):
     sigma: Literal["median", "learned"] | float = Field(default="median", description="Flow-kernel bandwidth")
     # Multiplies the "median" bandwidth. Raw KTA with sigma = median distance prefers a constant embedding on a
     # two-motion frame (0.933 against 0.910 for a perfect segmentation); 0.5 x median reverses that (0.997
-    # against 0.737): tests/cpfs/test_kernels.py holds the chosen rule to it for every loss.
+    # against 0.737): tests/cpfs/training/test_kernels.py holds the chosen rule to it for every loss.
     # None: the rule per loss, ``bandwidth_scale()``: 0.5 for raw kta, 1 for the others (centered alignment
     # scores a constant embedding 0 at any bandwidth; ce prefers the segmentation at 1).
     sigma_scale: float | None = Field(default=None, gt=0, description="Multiplier of the median flow bandwidth, sigma='median' only (None: 0.5 for kta, else 1)")

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from cpfs.config import StoreConfig
-from cpfs.data import FlowPairDataset
+from cpfs.training.data import FlowPairDataset
 from cpfs.evaluation.features import FeatureFn
-from cpfs.model import AlexNetConfig, CPFSModel, CPFSModelConfig, sample_points
+from cpfs.training.model import AlexNetConfig, CPFSModel, CPFSModelConfig, sample_points
 from cpfs.records import FrameRange
 
 

@@ -1,7 +1,7 @@
 """What every protocol of one evaluation shares, built once by ``prepare``: the loaded checkpoints, the store,
 the held-out split, the random-init networks and a feature memo.
 
-``prepare`` loads each checkpoint once (``cpfs.checkpoint.load_model``: one read of the file gives the weights
+``prepare`` loads each checkpoint once (``cpfs.training.checkpoint.load_model``: one read of the file gives the weights
 and the SHA-256), recovers the held-out videos of the main checkpoint's training split (``plan_split`` with the
 training seed and fraction), and, with ``recalibrate_checkpoints``, re-estimates the checkpoints' BatchNorm
 statistics exactly like random init's (same crops, same seed). Protocols read held-out pairs through
@@ -20,16 +20,16 @@ from typing import Any, Callable, Literal, Sequence
 
 from torch import Tensor
 
-from cpfs.checkpoint import Checkpoint, load_model
+from cpfs.training.checkpoint import Checkpoint, load_model
 from cpfs.config import EvalConfig
-from cpfs.data import complete_videos, plan_split, store_version
+from cpfs.training.data import complete_videos, plan_split, store_version
 from cpfs.evaluation import baselines
 from cpfs.evaluation.features import FeatureFn, hypercolumn_features, model_embedding_features
 from cpfs.evaluation.heldout import PairSubset
 from cpfs.evaluation.sources import RANDOM, Source
-from cpfs.model import CPFSModel
+from cpfs.training.model import CPFSModel
 from cpfs.records import FrameRange
-from cpfs.video_names import display_names
+from cpfs.ingest.video_names import display_names
 from storage import VideoStore
 
 Progress = Callable[[str, int, int], None]  # (stage description, done, total)
@@ -38,7 +38,7 @@ FeatureKind = Literal["embedding", "hypercolumns"]
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """A checkpoint under evaluation: its source name in the results and its ``cpfs.checkpoint.Checkpoint``."""
+    """A checkpoint under evaluation: its source name in the results and its ``cpfs.training.checkpoint.Checkpoint``."""
 
     name: str  # source name in the results ("cpfs" for the checkpoint under evaluation)
     checkpoint: Checkpoint
@@ -103,7 +103,7 @@ class EvalContext:
     heldout_ranges: tuple[FrameRange, ...]
     warnings: list[str]
     progress: Progress | None = None
-    # {video_id: file or folder name} of the held-out videos, for people (``cpfs.video_names.display_names``)
+    # {video_id: file or folder name} of the held-out videos, for people (``cpfs.ingest.video_names.display_names``)
     video_names: dict[str, str] = field(default_factory=dict)
     _random: dict[int, CPFSModel] = field(default_factory=dict)
     _features: dict[tuple[str, int, str], FeatureFn] = field(default_factory=dict)

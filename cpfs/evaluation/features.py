@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cpfs.model import AlexNetTrunk, CPFSModel, grid_pixels, sample_on_grid
+from cpfs.training.model import AlexNetTrunk, CPFSModel, grid_pixels, sample_on_grid
 
 FeatureCallable = Callable[[Tensor, "Tensor | None"], Tensor]
 
@@ -126,7 +126,7 @@ def hypercolumn_features(
 ) -> FeatureFn:
     """A frozen trunk's hypercolumns on the grid: ``(B, sum_l C_l, Hg, Wg)``.
 
-    Each layer's map is read at the grid pixels with ``cpfs.model.sample_on_grid`` (bilinear in the
+    Each layer's map is read at the grid pixels with ``cpfs.training.model.sample_on_grid`` (bilinear in the
     layer's own receptive-field geometry), L2-normalised over its channels and divided by
     ``sqrt(len(layers))``, so every layer weighs the same in dot products (label propagation) whatever its
     channel count or activation scale, and the hypercolumn has unit norm. Runs in eval mode, no gradients.

@@ -4,7 +4,7 @@ The paper's Table 3 fine-tunes the pretrained AlexNet on Pascal VOC 2007 classif
 self-supervised learning library (solo-learn, VISSL, MMSelfSup) proves pretraining the same way, against the
 same network from random init under the identical schedule. Here:
 
-- the network is ``cpfs.backbone.TrunkFeatures`` (the trunk up to ``layer``, weights trainable) followed by
+- the network is ``cpfs.export.backbone.TrunkFeatures`` (the trunk up to ``layer``, weights trainable) followed by
   global average pooling and a new linear head, all trained with SGD (momentum 0.9, weight decay, cosine decay of
   the learning rate to 0 over ``steps``), on images resized to ``size`` with random horizontal flips;
 - single-label sets (an ImageFolder, the digits at smoke scale) use cross-entropy and are scored by top-1
@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cpfs.backbone import TrunkFeatures
+from cpfs.export.backbone import TrunkFeatures
 from cpfs.evaluation import stats
 from cpfs.evaluation.paired import paired_summary
 from cpfs.evaluation.voc_classification import mean_average_precision
-from cpfs.model import AlexNetTrunk
+from cpfs.training.model import AlexNetTrunk
 
 
 @dataclass(frozen=True)

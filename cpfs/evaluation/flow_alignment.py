@@ -4,17 +4,17 @@ For each selected frame pair of each held-out video (``cpfs.evaluation.pairs``),
 drawn uniformly without replacement (seeded). At those pixels:
 
 - the flow kernel ``K_f = exp(-||f_p - f_q||^2 / (2 sigma^2))`` with the training bandwidth, the median
-  pairwise flow distance floored at 0.5 px (``cpfs.kernels.flow_kernel``, ``median_pairwise_distance``);
+  pairwise flow distance floored at 0.5 px (``cpfs.training.kernels.flow_kernel``, ``median_pairwise_distance``);
 - the feature kernel ``K_phi``: for ``metric == "cosine"`` sources (CPFS embeddings, hypercolumns) the
-  training kernel ``cpfs.kernels.embedding_kernel`` (a quarter of the cosine); for ``"euclidean"`` sources
+  training kernel ``cpfs.training.kernels.embedding_kernel`` (a quarter of the cosine); for ``"euclidean"`` sources
   (position, colour, flow oracle) a Gaussian kernel of the feature vectors with their own median
   pairwise distance as bandwidth, the natural kernel for them; for the flow oracle (``"flow"``) the flow
   kernel's own rule, so its kernel is ``K_f`` itself: alignment 1 and the smallest possible cross entropy,
   the ceiling of the protocol.
 
 Scores per pair, then mean and std over all pairs: raw alignment ``A(K_phi, K_f)`` and centered
-alignment ``A(H K_phi H, H K_f H)`` (``cpfs.losses.alignment``; centered is the informative one: a
-constant embedding scores 0 there but ~0.9 raw), the training loss ``ce`` (``cpfs.losses.cross_entropy``)
+alignment ``A(H K_phi H, H K_f H)`` (``cpfs.training.losses.alignment``; centered is the informative one: a
+constant embedding scores 0 there but ~0.9 raw), the training loss ``ce`` (``cpfs.training.losses.cross_entropy``)
 and ``ce_excess = ce - H(S_f)``, its distance to its floor (the entropy of the column-softmax of K_f,
 i.e. the mean KL divergence; 0 for the oracle).
 """
@@ -30,8 +30,8 @@ from torch import Tensor
 
 from cpfs.evaluation.features import FeatureFn, features_at
 from cpfs.evaluation.pairs import PairStore, load_pair, select_pairs
-from cpfs.kernels import MIN_SIGMA_PX, embedding_kernel, flow_kernel, median_pairwise_distance, pairwise_sq_distances
-from cpfs.losses import alignment, cross_entropy
+from cpfs.training.kernels import MIN_SIGMA_PX, embedding_kernel, flow_kernel, median_pairwise_distance, pairwise_sq_distances
+from cpfs.training.losses import alignment, cross_entropy
 
 
 def gaussian_feature_kernel(x: Tensor, floor: float = 0.01) -> Tensor:

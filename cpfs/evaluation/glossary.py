@@ -3,7 +3,7 @@ a table's own columns under it).
 
 A column is explained per protocol (``mIoU`` is a mean over VOC classes in one table and over moving/static in
 another), then by a pattern (a layer name), then in general. The sentences follow the code that computes the
-numbers: ``cpfs.evaluation.flow_alignment`` (and ``cpfs.kernels``, ``cpfs.losses``), ``motion_segmentation``,
+numbers: ``cpfs.evaluation.flow_alignment`` (and ``cpfs.training.kernels``, ``cpfs.training.losses``), ``motion_segmentation``,
 ``linear_probe``, ``segmentation``, ``davis_measures``, ``foreground``, ``finetune`` and ``stats``.
 """
 
@@ -13,7 +13,7 @@ import re
 from typing import Iterable
 
 from cpfs.evaluation.davis_measures import BOUNDARY_TOLERANCE, RECALL_THRESHOLD
-from cpfs.kernels import MIN_SIGMA_PX
+from cpfs.training.kernels import MIN_SIGMA_PX
 
 CELL = "Each cell: mean ± standard deviation over the evaluation seeds (random init: one network per seed)."
 

@@ -8,7 +8,7 @@ on these features of a training split and its top-1 accuracy measured on held-ou
 Pooled grid: ``s = max(1, round(sqrt(9000 / C)))``. For the paper's AlexNet this reproduces Zhang et al.'s
 choices exactly: conv1 96*10*10 = 9,600, conv2 256*6*6 = 9,216, conv3 384*5*5 = 9,600, conv4 384*5*5 =
 9,600, conv5 256*6*6 = 9,216. With a width multiplier w the channels are ``max(1, round(C * w))`` (as
-``cpfs.model.AlexNetTrunk``) and ``s`` follows from the same rule; e.g. w = 0.5: 48*14*14 = 9,408,
+``cpfs.training.model.AlexNetTrunk``) and ``s`` follows from the same rule; e.g. w = 0.5: 48*14*14 = 9,408,
 128*8*8 = 8,192, 192*7*7 = 9,408, 192*7*7, 128*8*8 (``pooled_feature_counts``). Pooling is
 ``adaptive_avg_pool2d``; a map smaller than ``s`` (small inputs) is repeated into the grid, which keeps the
 feature count but adds no information. Departures: Zhang et al. fine-tuned nothing either but used
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from cpfs.evaluation.datasets import ImageFolderDataset, load_images, stratified_split
 from cpfs.evaluation.linear import accuracy, fit_linear_classifier
-from cpfs.model import ALEXNET_LAYERS, CONV_LAYERS, AlexNetTrunk
+from cpfs.training.model import ALEXNET_LAYERS, CONV_LAYERS, AlexNetTrunk
 
 TARGET_FEATURES = 9000  # Zhang et al.'s budget of pooled features per layer
 

@@ -58,12 +58,12 @@ from cpfs.evaluation.tables import (
     video_label,
     video_names,
 )
-from cpfs.run_folder import EvalFolder, read_metrics_file
+from cpfs.training.run_folder import EvalFolder, read_metrics_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-VALIDATION_METRIC = "J&F"  # the measure of validation.jsonl (cpfs.validation.METRIC)
+VALIDATION_METRIC = "J&F"  # the measure of validation.jsonl (cpfs.training.validation.METRIC)
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ def write_report(
 
     ``figures`` are shown beside the generated ones (the headline, the loss and validation curves, the
     linear-probe chart), each under its ``section``. ``metrics_path``: the training's ``metrics.jsonl``;
-    ``validation_path``: its ``validation.jsonl`` (``cpfs.run_folder.RunFolder``).
+    ``validation_path``: its ``validation.jsonl`` (``cpfs.training.run_folder.RunFolder``).
     Raises ValueError for a results dict without the documented shape, a malformed figure or two figures of
     one name.
     """

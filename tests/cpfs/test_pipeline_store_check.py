@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from cpfs.ingest import ingest_video
+from cpfs.ingest.steps import ingest_video
 from cpfs.config import PipelineConfig
 from cpfs.pipeline import PreflightError, preflight
 from cpfs.records import VideoSource
 from storage import layout
-from tests.cpfs.test_ingest_integrity import _cfg, two_shots  # noqa: F401 - fixture
+from tests.cpfs.ingest.test_ingest_integrity import _cfg, two_shots  # noqa: F401 - fixture
 
 __all__ = ["two_shots"]
 

@@ -3,7 +3,7 @@
 A test puts this folder on the child's ``PYTHONPATH`` and names a file in ``CPFS_TEST_FAULT_FILE``; Python
 imports this module at start-up, and while that file exists training raises ``InjectedFailure`` on the
 batch number written in it (1 when empty). Remove the file, retry the run: training resumes. No code of the
-project knows about this: it wraps ``cpfs.train.train`` before anything imports it.
+project knows about this: it wraps ``cpfs.training.train.train`` before anything imports it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ class InjectedFailure(RuntimeError):
 
 
 def _install(fault_file: Path) -> None:
-    import cpfs.train
+    import cpfs.training.train
 
-    real_train = cpfs.train.train
+    real_train = cpfs.training.train.train
 
     def train(*args, progress=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         def failing_progress(step: int, total: int, metrics: dict) -> None:
@@ -34,7 +34,7 @@ def _install(fault_file: Path) -> None:
 
         return real_train(*args, progress=failing_progress, **kwargs)
 
-    cpfs.train.train = train
+    cpfs.training.train.train = train
 
 
 if FAULT_FILE:

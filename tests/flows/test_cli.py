@@ -395,3 +395,18 @@ def test_ls_lists_every_video_with_its_status_and_damage(named_store, tmp_path, 
     assert 0 <= videos[0]["moving_fraction"] <= 1 and videos[4]["problems"][0].endswith("missing")
     code, out = _cli(["ls", "--store", str(tmp_path / "none.zarr")], tmp_path, monkeypatch)
     assert code == 2 and _one_error(out).startswith("error: --store: ")
+
+
+def test_a_command_started_while_the_prefect_api_is_away_fails_in_one_line(tmp_path, sample_videos):
+    """Issue 21: PREFECT_API_URL names a server that does not answer when the command starts (Prefect fails at
+    once; a server lost *during* a run is ridden out: tests/flows/test_server_outage.py)."""
+    from flows.server_process import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/api"
+    env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path / "home")}
+    clip = next(p for p in sample_videos if p.name == "carphone_pristine.mp4")
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "ingest", str(clip), "--store", str(tmp_path / "s.zarr")],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"error: Failed to reach API at {url}/ (PREFECT_API_URL); start the server" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "RuntimeError" not in out.stderr, out.stderr[-2000:]

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from cpfs.config import StoreConfig
 from cpfs.config import EvalConfig
-from cpfs.checkpoint import file_sha256
-from cpfs.train import train
+from cpfs.training.checkpoint import file_sha256
+from cpfs.training.train import train
 from cpfs.config import TrainConfig
 from storage import VideoStore
 from tests.cpfs.evaluation.test_run import write_video

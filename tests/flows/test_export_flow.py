@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cpfs.run_folder import ExportFolder, RunFolder
+from cpfs.training.run_folder import ExportFolder, RunFolder
 from flows.cli import app
-from tests.cpfs.tiny_run import write_results, write_run
+from tests.cpfs.export.tiny_run import write_results, write_run
 
 
 def _artifact(flow_run_id, key: str) -> str | None:

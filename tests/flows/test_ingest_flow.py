@@ -134,8 +134,8 @@ def test_a_video_another_run_is_writing_is_waited_for_and_skipped_as_stored_by_i
     skipped, stored by another run: one of the two runs did the work."""
     import threading
 
-    from cpfs import ingest as lib
-    from cpfs.discovery import content_id
+    from cpfs.ingest import steps as lib
+    from cpfs.ingest.discovery import content_id
     from cpfs.records import VideoSource
     from flows.ingest import ingest
 

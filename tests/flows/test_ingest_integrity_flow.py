@@ -12,7 +12,7 @@ import pytest
 
 from cpfs.config import IngestConfig
 from storage import VideoStore, layout
-from tests.cpfs.test_ingest_integrity import two_shots  # noqa: F401 - fixture: 24 frames, one shot cut
+from tests.cpfs.ingest.test_ingest_integrity import two_shots  # noqa: F401 - fixture: 24 frames, one shot cut
 
 __all__ = ["two_shots"]
 

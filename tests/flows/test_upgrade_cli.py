@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from storage import VideoStore
-from tests.cpfs.test_data import make_store
+from tests.cpfs.training.test_data import make_store
 
 
 def test_upgrade_adds_motion_statistics_and_is_idempotent(tmp_path: Path) -> None:

@@ -7,10 +7,10 @@ import threading
 from pathlib import Path
 
 from cpfs.config import TrainStageConfig
-from cpfs.run_folder import RunFolder
-from cpfs.train import train
-from tests.cpfs.test_data import make_store
-from tests.cpfs.test_train import tiny_config
+from cpfs.training.run_folder import RunFolder
+from cpfs.training.train import train
+from tests.cpfs.training.test_data import make_store
+from tests.cpfs.training.test_train import tiny_config
 
 
 def test_a_second_training_into_one_run_folder_waits_and_finds_the_run_finished(prefect_server, tmp_path: Path,

@@ -18,7 +18,7 @@ from cpfs.evaluation.davis import davis_protocol
 from cpfs.evaluation.paired import combine_seeds
 from cpfs.evaluation.plots import davis_figure
 from cpfs.evaluation.sources import RANDOM, Source
-from cpfs.run_folder import EvalFolder
+from cpfs.training.run_folder import EvalFolder
 
 HEADLINE = "J&F"
 RECALL_DECAY = ("J_recall", "J_decay", "F_recall", "F_decay")

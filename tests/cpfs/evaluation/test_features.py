@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpfs.model import sample_hypercolumns
+from cpfs.training.model import sample_hypercolumns
 from cpfs.evaluation.baselines import colour_features, flow_oracle_features, position_features, random_init_model, rgb_to_lab
 from cpfs.evaluation.features import (
     FeatureFn,

@@ -16,7 +16,7 @@ from cpfs.config.finetune import FinetuneConfig
 from cpfs.evaluation.finetune import FinetuneData, FinetuneSchedule, compare_finetuning, finetune_scores
 from cpfs.evaluation.protocols.finetune import load_data
 from cpfs.evaluation.voc_classification import average_precision, mean_average_precision, read_voc_classification
-from cpfs.model import AlexNetConfig, AlexNetTrunk
+from cpfs.training.model import AlexNetConfig, AlexNetTrunk
 
 # -----------------------------------------------------------------------------------------------------------
 # Average precision (VOCevalcls.m), worked by hand

@@ -14,7 +14,7 @@ from cpfs.evaluation.heldout import PairSubset, video_motion_threshold
 from cpfs.evaluation.pairs import select_pairs
 from cpfs.records import DecodeErrors, FrameRange
 from storage.store import VideoStore
-from tests.cpfs.test_data import add_video
+from tests.cpfs.training.test_data import add_video
 
 T, H, W = 60, 48, 64
 MOVING = range(10, 50)  # pairs in which the small object moves

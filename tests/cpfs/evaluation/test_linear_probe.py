@@ -20,7 +20,7 @@ from cpfs.evaluation.linear_probe import (
     pooled_feature_counts,
     pooled_grid_size,
 )
-from cpfs.model import AlexNetConfig, AlexNetTrunk
+from cpfs.training.model import AlexNetConfig, AlexNetTrunk
 
 
 def test_pooled_feature_counts_match_zhang_et_al_at_full_width() -> None:

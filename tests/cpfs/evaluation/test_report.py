@@ -20,7 +20,7 @@ from cpfs.evaluation.features import model_embedding_features
 from cpfs.evaluation.plots import bar_chart, ema, interval_chart, loss_chart, pca_rgb, qualitative_row
 from cpfs.evaluation.report import ReportFigure, write_report
 from cpfs.evaluation.tables import results_markdown_table
-from cpfs.run_folder import read_metrics_file
+from cpfs.training.run_folder import read_metrics_file
 
 CHROMIUM = Path("/usr/bin/chromium")
 VIDEO_A, VIDEO_B = "f5d41eb5f1e1b22571c0", "0a1b2c3d4e5f60718293"  # content ids of two held-out videos

@@ -13,16 +13,16 @@ import torch
 
 from cpfs.config import StoreConfig
 from cpfs.config import EvalConfig
-from cpfs.checkpoint import CheckpointError, file_sha256, load_model, save_checkpoint
+from cpfs.training.checkpoint import CheckpointError, file_sha256, load_model, save_checkpoint
 from cpfs.evaluation.baselines import random_init_model, recalibrate_batchnorm
 from cpfs.evaluation.context import prepare
 from cpfs.evaluation.heldout import PairSubset
 from cpfs.evaluation.paired import combine_seeds
 from cpfs.evaluation.run import evaluate, protocol_figures, run_protocol, summarize
-from cpfs.model import AlexNetConfig, CPFSModelConfig
+from cpfs.training.model import AlexNetConfig, CPFSModelConfig
 from cpfs.records import FrameRange, VideoMeta, VideoRecord, VideoSource
-from cpfs.run_folder import EvalFolder
-from cpfs.train import train
+from cpfs.training.run_folder import EvalFolder
+from cpfs.training.train import train
 from cpfs.config import TrainConfig
 from storage import VideoStore
 
@@ -206,7 +206,7 @@ def test_one_evaluation_reads_each_checkpoint_once(trained, tmp_path: Path, monk
 def test_shared_features_are_computed_once_per_image(trained, tmp_path: Path, monkeypatch) -> None:
     """Random init of the training seed: its features for its own row and for the paired comparison are one
     computation per image (flow alignment embeddings, motion-probe hypercolumns)."""
-    from cpfs.model import CPFSModel
+    from cpfs.training.model import CPFSModel
 
     store_cfg, ckpt = trained
     ctx = prepare(tiny_config(store_cfg, ckpt, tmp_path, seeds=2))
