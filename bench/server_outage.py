@@ -2,7 +2,8 @@
 
 Starts a ``prefect server`` (the one ``cpfs server`` runs: ``flows.server_process.start_server``, SQLite in a
 temporary PREFECT_HOME, a free loopback port), starts the job as a client of it, stops the server (its whole
-process group, as a crash or a restart would) ``--after`` seconds into the job for ``--outage`` seconds, starts
+process group, as a crash or a restart would) ``--after`` seconds after the job's flow run is Running, for
+``--outage`` seconds, starts
 it again on the same port and database, and reports: the job's exit status and time, the last lines of its
 output, and the state the server holds for its flow runs afterwards.
 
@@ -10,7 +11,7 @@ Jobs: ``ingest`` (``cpfs ingest`` of the sample video bikes.mp4 at short side 16
 the server throughout) and ``train`` (``cpfs train`` of the ``demo`` preset for ``--steps`` steps on the store
 the ingest made; run ``ingest`` first, or with ``--job both`` in that order).
 
-    .venv/bin/python bench/server_outage.py --job both --after 4 --after-train 25 --outage 45 --out runs/outage
+    .venv/bin/python bench/server_outage.py --job both --after 2 --after-train 10 --outage 45 --out runs/outage
 
 A command that *starts* while the server is away fails at once ("Failed to reach API"): Prefect retries a lost
 connection only after its first one succeeded, so a wrong address fails fast.
@@ -48,6 +49,12 @@ def run_job(cmd: list[str], env: dict[str, str], home: Path, port: int, server, 
     t0 = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        known = {f["name"] for f in _flow_runs(server.url)}
+        # The outage starts ``after`` seconds after the job's flow run is Running on the server: a command that
+        # starts while the server is away fails at once (see above), which is not what this measures.
+        while proc.poll() is None and not any(f["state"] == "RUNNING" and f["name"] not in known
+                                              for f in _flow_runs(server.url)):
+            time.sleep(0.2)
         time.sleep(after)
         stopped_at = time.monotonic() - t0
         still_running = proc.poll() is None
@@ -65,10 +72,10 @@ def run_job(cmd: list[str], env: dict[str, str], home: Path, port: int, server, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--job", choices=["ingest", "train", "both"], default="both")
-    p.add_argument("--after", type=float, default=4.0, help="seconds into the ingest when the server stops")
-    p.add_argument("--after-train", type=float, default=25.0,
-                   help="seconds into the training when the server stops (after its start-up: a run that starts "
-                        "while the server is away fails at once, see the module docstring)")
+    p.add_argument("--after", type=float, default=2.0,
+                   help="seconds after the ingest's flow run is Running when the server stops")
+    p.add_argument("--after-train", type=float, default=10.0,
+                   help="seconds after the training's flow run is Running when the server stops")
     p.add_argument("--outage", type=float, default=45.0, help="seconds the server stays away")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--out", default="runs/outage")

@@ -22,6 +22,7 @@ from cpfs.evaluation.tables import PROTOCOL_TITLES, results_markdown_table
 from cpfs.evaluation.run import EvalSummary
 from cpfs.pipeline import check_evaluation_data, resolve_heldout
 from cpfs.progress import progress_bar
+from cpfs.training.run_folder import EvalFolder
 from tasks.evaluate import PROTOCOL_TASKS, check_inputs, write_report
 
 
@@ -56,28 +57,30 @@ def evaluate(config: EvalConfig) -> EvalSummary:
     # held-out videos named by file or folder name or glob become ids (the protocol tasks' cache keys see ids)
     config = config.model_copy(update={"heldout_videos": resolve_heldout(config.heldout_videos, config.store,
                                                                           "heldout_videos")})
-    ctx = check_inputs(config)  # the one context of this evaluation: every protocol task runs on it
-    inputs = ctx.inputs()
-    names = config.protocols()
-    logger.info("evaluating %s (sha256 %s) on held-out %s of %s (index %s): %s", config.checkpoint,
-                inputs.checkpoint_sha256[0][:12], ", ".join(inputs.heldout_videos), config.store.path,
-                inputs.store_version, ", ".join(names))
-    progress = create_progress_artifact(0.0, key="evaluate-progress",
-                                        description=f"Protocols done of {len(names)}, then the report")
-    protocols: dict[str, dict[str, Any]] = {}
-    with progress_bar(len(names) + 1, "evaluate", unit="step") as bar:
-        ctx.progress = lambda what, done, total: bar.set_description(f"evaluate: {what}")  # protocol and source
-        for i, name in enumerate(names):
-            title = PROTOCOL_TITLES.get(name, name)
-            bar.set_description(f"evaluate: {title}")
-            protocols[name] = PROTOCOL_TASKS[name].with_options(task_run_name=title)(
-                config, inputs.checkpoint_sha256, inputs.store_version, ctx)
-            bar.set_description(f"evaluate: {title}: done")
-            bar.update(protocol=name)
-            update_progress_artifact(progress, 100.0 * (i + 1) / (len(names) + 1))
-        bar.set_description("evaluate: report")
-        summary = write_report(ctx, protocols, time.perf_counter() - t0)
-        bar.update()
+    # One evaluation writes a folder at a time: a second one (another `cpfs run` of the same run) waits here.
+    with EvalFolder(config.out).lock(on_wait=logger.info):
+        ctx = check_inputs(config)  # the one context of this evaluation: every protocol task runs on it
+        inputs = ctx.inputs()
+        names = config.protocols()
+        logger.info("evaluating %s (sha256 %s) on held-out %s of %s (index %s): %s", config.checkpoint,
+                    inputs.checkpoint_sha256[0][:12], ", ".join(inputs.heldout_videos), config.store.path,
+                    inputs.store_version, ", ".join(names))
+        progress = create_progress_artifact(0.0, key="evaluate-progress",
+                                            description=f"Protocols done of {len(names)}, then the report")
+        protocols: dict[str, dict[str, Any]] = {}
+        with progress_bar(len(names) + 1, "evaluate", unit="step") as bar:
+            ctx.progress = lambda what, done, total: bar.set_description(f"evaluate: {what}")  # protocol and source
+            for i, name in enumerate(names):
+                title = PROTOCOL_TITLES.get(name, name)
+                bar.set_description(f"evaluate: {title}")
+                protocols[name] = PROTOCOL_TASKS[name].with_options(task_run_name=title)(
+                    config, inputs.checkpoint_sha256, inputs.store_version, ctx)
+                bar.set_description(f"evaluate: {title}: done")
+                bar.update(protocol=name)
+                update_progress_artifact(progress, 100.0 * (i + 1) / (len(names) + 1))
+            bar.set_description("evaluate: report")
+            summary = write_report(ctx, protocols, time.perf_counter() - t0)
+            bar.update()
     update_progress_artifact(progress, 100.0)
     create_table_artifact(key="evaluate-results", table=results_table(protocols),
                           description=f"CPFS vs random init and baselines: mean and std over {config.seeds} seed(s)")

@@ -11,7 +11,7 @@ A training run folder (``TrainStageConfig.run_dir``) holds::
     export/                        the default export folder (an ``ExportFolder``: ``cpfs export``)
 
 An evaluation output folder (``EvalConfig.out``, by default ``<run>/eval``) holds ``results.json``,
-``report.md``, ``report.html`` and ``figures/``. An export folder (``cpfs.export.exporter``) holds ``model.safetensors``,
+``report.md``, ``report.html`` and ``figures/`` (and ``.evaluate.lock``, held by the evaluation writing it). An export folder (``cpfs.export.exporter``) holds ``model.safetensors``,
 ``architecture.json``, ``model.onnx``, ``MODEL_CARD.md`` and ``export.json``. Every other module asks these objects for a path instead of
 spelling the name again, and ``metrics.jsonl`` has one reader (``RunFolder.read_metrics``).
 """
@@ -38,6 +38,12 @@ class EvalFolder:
 
     def __init__(self, path: str | Path) -> None:
         object.__setattr__(self, "path", Path(path).expanduser())
+
+    def lock(self, *, wait: bool = True, on_wait: Callable[[str], None] | None = None):  # noqa: ANN201
+        """The lock an evaluation holds while it writes this folder (``cpfs.locks.exclusive``): a second
+        evaluation into it waits, so the report files of two evaluations never mix."""
+        return locks.exclusive(self.path / ".evaluate.lock", f"evaluation folder {self.path}", wait=wait,
+                               on_wait=on_wait)
 
     @property
     def results_json(self) -> Path:

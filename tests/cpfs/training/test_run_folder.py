@@ -43,3 +43,17 @@ def test_metrics_reader_skips_blank_lines_and_names_a_bad_line(tmp_path: Path) -
         run.read_metrics()
     with pytest.raises(FileNotFoundError, match="metrics file is missing"):
         read_metrics_file(tmp_path / "nowhere.jsonl")
+
+
+def test_a_run_folder_and_an_evaluation_folder_have_one_writer_at_a_time(tmp_path) -> None:
+    from cpfs.locks import LockBusy
+    from cpfs.training.run_folder import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    for folder, what in ((run, "run folder"), (run.eval, "evaluation folder")):
+        with folder.lock():
+            with pytest.raises(LockBusy, match=f"{what} {folder.path} is held by another run"):
+                with folder.lock(wait=False):
+                    pass
+        with folder.lock(wait=False) as waited:  # free again once the holder is done
+            assert waited is False
