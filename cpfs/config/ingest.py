@@ -49,7 +49,7 @@ class DecodeConfig(ConfigModel):
     # (the other side rounded to an even number). None keeps the source size.
     short_side: int | None = Field(default=256, description="Shorter side after scaling, px (None: keep source size)")
     # Exact output size (width, height); overrides short_side when set.
-    size: Annotated[tuple[int, int] | None, Cli(flag="--size", parse=parse_size)] = Field(default=None, description="Decoded size: N scales the shorter side to N px (short_side), WxH sets the exact size")
+    size: Annotated[tuple[int, int] | None, Cli(flag="--size", parse=parse_size)] = Field(default=None, description="Decoded size: N scales the shorter side to N px (as --short-side), WxH sets the exact size (None: --short-side decides)")
     # Keep every ``step``-th decoded frame (ffmpeg's select filter). Flow is computed between kept frames.
     step: int = Field(default=1, ge=1, description="Keep every step-th frame")
     # Stop after this many kept frames (None: the whole video).
