@@ -114,12 +114,14 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
             first_of[vid] = source
             unique.append((source, vid))
     # One run writes a video at a time (``VideoStore.writer_lock``, held from prepare to finalize): the videos no
-    # other run is writing go first; then this run waits for each busy one and finds it stored by the other run
-    # ("skipped", noted), or resumes it when that run died or failed.
+    # other run is writing go first; their locks are given back before this run waits for the busy ones (held
+    # while waiting, two runs with crossed videos would wait for each other forever), which it then takes one
+    # by one in id order (the same order in every run: no cycle). Each is found stored by the other run
+    # ("skipped", noted) or, when that run died or failed, resumed.
     store = VideoStore.open(config.store, create=True)
+    busy: list[tuple[VideoSource, str]] = []
     with ExitStack() as held:
-        free, busy = [], []
-        lock = None
+        free, lock = [], None
         for source, vid in unique:
             lock = store.writer_lock(vid, wait=False)
             try:
@@ -132,9 +134,10 @@ def ingest_videos(sources: list[VideoSource], config: IngestConfig) -> list[Inge
             logger.warning("%s is object storage: nothing keeps another run from writing the same videos at once",
                            config.store.path)
         _store_videos(free, config, results, logger, t0)
-        if busy:
-            for source, vid in busy:
-                held.enter_context(store.writer_lock(vid, on_wait=logger.info, wait=True))
+    if busy:
+        with ExitStack() as held:
+            for source, vid in sorted(busy, key=lambda sv: sv[1]):
+                held.enter_context(store.writer_lock(vid, on_wait=logger.info))
             _store_videos(busy, config, results, logger, t0, another_run=True)
     by_source = {r.source: r for r in results}
     for source, first in duplicates:

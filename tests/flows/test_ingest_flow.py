@@ -176,3 +176,57 @@ def test_a_video_another_run_is_writing_is_waited_for_and_skipped_as_stored_by_i
     assert (busy.status, busy.video_id, busy.note) == ("skipped", busy_id, "stored by another run")
     assert sorted(VideoStore.open(cfg.store, create=False).complete_ids()) == sorted(
         [busy_id, by_source[str(inputs["good2"])].video_id])
+
+
+def test_two_runs_with_crossed_videos_never_wait_for_each_other(prefect_server, tmp_path, inputs, monkeypatch):
+    """Two runs ingesting the same two videos, each having taken a different one first: the flow gives back the
+    locks of the videos it stored before it waits for the other run's video, so the other run, which then
+    wants this run's video, gets it (held while waiting, the two would wait for each other for ever)."""
+    import threading
+
+    from cpfs.ingest import steps as lib
+    from cpfs.ingest.discovery import content_id
+    from cpfs.locks import exclusive
+    from cpfs.records import VideoSource
+    from flows.ingest import ingest
+    from storage import layout
+
+    cfg = _cfg(tmp_path, [inputs["good"], inputs["good2"]])
+    store = VideoStore.open(cfg.store, create=True)
+    mine_id = content_id(VideoSource(str(inputs["good"]), "file"))  # free for the flow: it stores this one
+    theirs = VideoSource(str(inputs["good2"]), "file")
+    theirs_id = content_id(theirs)  # the other run holds this one first
+    holding, flow_waits, got_mine = threading.Event(), threading.Event(), []
+    real_lock = VideoStore.writer_lock
+
+    def watched_lock(self, video_id, *, wait=True, on_wait=None):
+        if wait and video_id == theirs_id:
+            flow_waits.set()
+        return real_lock(self, video_id, wait=wait, on_wait=on_wait)
+
+    def other_run():
+        with real_lock(store, theirs_id):
+            holding.set()
+            assert flow_waits.wait(timeout=300)
+            # now this run wants the flow's video too (as a run that took them in the other order would)
+            with exclusive(tmp_path / "store.zarr" / layout.LOCKS / f"{mine_id}.lock", "the flow's video",
+                           timeout_s=60):
+                got_mine.append(True)
+                plan = lib.prepare_video(theirs, cfg, theirs_id)
+                for r in plan.ranges:
+                    lib.process_range(plan, r, cfg)
+                lib.finalize_video(plan, cfg)
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    assert holding.wait(timeout=60)
+    monkeypatch.setattr(VideoStore, "writer_lock", watched_lock)
+    try:
+        summary = ingest(cfg)
+    finally:
+        flow_waits.set()
+        thread.join(timeout=300)
+    assert got_mine == [True]  # the other run was not left waiting for the flow's video
+    by_source = {r.source: r for r in summary.results}
+    assert by_source[str(inputs["good"])].status == "stored"
+    assert (by_source[theirs.path].status, by_source[theirs.path].note) == ("skipped", "stored by another run")
