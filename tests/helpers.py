@@ -46,3 +46,17 @@ def h264_with_damage(clean: Path, damaged: Path, seed: int = 0) -> tuple[Path, P
     data[at : at + 300] = random.Random(seed).randbytes(300)
     damaged.write_bytes(bytes(data))
     return clean, damaged
+
+
+def set_when_called(monkeypatch, cls: type, name: str, event, when=lambda *args, **kwargs: True) -> None:  # noqa: ANN001
+    """Patch the method ``cls.name`` so that a call whose arguments ``when`` accepts sets ``event`` (a
+    ``threading.Event``) before the method runs as before: how a test learns that code under test reached a
+    point (asked for a lock, say) without timing."""
+    real = getattr(cls, name)
+
+    def watched(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        if when(*args, **kwargs):
+            event.set()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, watched)

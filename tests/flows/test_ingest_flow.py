@@ -11,7 +11,7 @@ import pytest
 
 from cpfs.config import IngestConfig
 from storage import VideoStore
-from tests.helpers import cut_clip, h264_with_damage, truncated_copy
+from tests.helpers import cut_clip, h264_with_damage, set_when_called, truncated_copy
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +145,6 @@ def test_a_video_another_run_is_writing_is_waited_for_and_skipped_as_stored_by_i
     holding, flow_waits, done = threading.Event(), threading.Event(), []
     real_lock = VideoStore.writer_lock
 
-    def watched_lock(self, video_id, *, wait=True, on_wait=None):
-        if wait and video_id == busy_id:
-            flow_waits.set()  # the flow found the video busy (it only waits for videos it could not take)
-        return real_lock(self, video_id, wait=wait, on_wait=on_wait)
-
     def other_run():
         store = VideoStore.open(cfg.store, create=False)
         with real_lock(store, busy_id):
@@ -163,7 +158,9 @@ def test_a_video_another_run_is_writing_is_waited_for_and_skipped_as_stored_by_i
     thread = threading.Thread(target=other_run)
     thread.start()
     assert holding.wait(timeout=60)
-    monkeypatch.setattr(VideoStore, "writer_lock", watched_lock)
+    # the flow found the video busy (it only waits for videos it could not take)
+    set_when_called(monkeypatch, VideoStore, "writer_lock", flow_waits,
+                    lambda video_id, wait=True, on_wait=None: wait and video_id == busy_id)
     try:
         summary = ingest(cfg)
     finally:
@@ -199,11 +196,6 @@ def test_two_runs_with_crossed_videos_never_wait_for_each_other(prefect_server, 
     holding, flow_waits, got_mine = threading.Event(), threading.Event(), []
     real_lock = VideoStore.writer_lock
 
-    def watched_lock(self, video_id, *, wait=True, on_wait=None):
-        if wait and video_id == theirs_id:
-            flow_waits.set()
-        return real_lock(self, video_id, wait=wait, on_wait=on_wait)
-
     def other_run():
         with real_lock(store, theirs_id):
             holding.set()
@@ -220,7 +212,8 @@ def test_two_runs_with_crossed_videos_never_wait_for_each_other(prefect_server, 
     thread = threading.Thread(target=other_run)
     thread.start()
     assert holding.wait(timeout=60)
-    monkeypatch.setattr(VideoStore, "writer_lock", watched_lock)
+    set_when_called(monkeypatch, VideoStore, "writer_lock", flow_waits,
+                    lambda video_id, wait=True, on_wait=None: wait and video_id == theirs_id)
     try:
         summary = ingest(cfg)
     finally:

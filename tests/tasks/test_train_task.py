@@ -10,6 +10,7 @@ from cpfs.config import TrainStageConfig
 from cpfs.training.run_folder import RunFolder
 from cpfs.training.train import train
 from tests.cpfs.training.test_data import make_store
+from tests.helpers import set_when_called
 from tests.cpfs.training.test_train import tiny_config
 
 
@@ -23,10 +24,6 @@ def test_a_second_training_into_one_run_folder_waits_and_finds_the_run_finished(
     holding, task_waits, trained = threading.Event(), threading.Event(), []
     real_lock = RunFolder.lock
 
-    def watched_lock(self, *, wait=True, on_wait=None):
-        task_waits.set()  # the task is about to take (and, while the other run holds it, wait for) the lock
-        return real_lock(self, wait=wait, on_wait=on_wait)
-
     def other_run():  # the first training, holding the folder's lock from start to end
         with real_lock(run):
             holding.set()
@@ -36,7 +33,8 @@ def test_a_second_training_into_one_run_folder_waits_and_finds_the_run_finished(
     thread = threading.Thread(target=other_run)
     thread.start()
     assert holding.wait(timeout=60)
-    monkeypatch.setattr(RunFolder, "lock", watched_lock)
+    # the task is about to take (and, while the other run holds it, wait for) the lock
+    set_when_called(monkeypatch, RunFolder, "lock", task_waits)
     try:
         summary = train_model(stage)
     finally:
