@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cpfs.evaluation.outlook import NEXT_LONGER, SEMANTICS, outlook
 
-DEMO = {"preset": "demo", "steps": 200}
+DEMO = {"preset": "demo", "steps": 400}
 
 
 def _protocols(random_low: float, position_low: float) -> dict:
@@ -15,7 +15,7 @@ def _protocols(random_low: float, position_low: float) -> dict:
 
 def test_a_null_result_says_so_and_gives_the_next_step() -> None:
     text = outlook(_protocols(-0.02, -0.05), DEMO, smoke_scale=True)
-    assert "does not show that training helped (the `demo` preset, 200 steps)" in text[0]
+    assert "does not show that training helped (the `demo` preset, 400 steps)" in text[0]
     assert NEXT_LONGER in text and SEMANTICS in text
 
 
