@@ -106,7 +106,7 @@ class TrainConfig(ConfigModel):
         "Common": ("preset", "steps", "heldout_videos", "device"),
         "Model": ("embed_dim", "width", "hypercolumn_layers"),
         "Loss": ("loss", "sigma", "sigma_scale", "temperature"),
-        "Data": ("batch_size", "crop", "points_per_image", "min_moving_fraction", "skip_damaged_pairs",
+        "Data": ("batch_size", "crop", "points_per_image", "pair_gap", "min_moving_fraction", "skip_damaged_pairs",
                  "holdout_fraction", "seed", "num_workers", "prefetch_factor"),
         "Optimiser (AdamW)": ("optimizer",), "Schedule": ("schedule",), "Augmentation": ("augment",),
         "Validation": ("validation",),
@@ -146,6 +146,9 @@ class TrainConfig(ConfigModel):
     # damaged data there, and the damage lasts to the next key frame) are not trained on: their flow follows
     # the concealment's smears, not the scene. False trains on them too.
     skip_damaged_pairs: bool = Field(default=True, description="Skip training pairs whose frames ffmpeg decoded with errors")
+    # Longer-range pairs: frame t with the flow t -> t + pair_gap, composed from the stored consecutive flows
+    # (cpfs.training.data.compose_flows). Small motions add up, so more pixels move measurably.
+    pair_gap: int = Field(default=1, ge=1, description="Frames between a training pair's two frames; >1 composes the stored flows")
     # Layers whose features form each pixel's hypercolumn. None: the paper's (conv1, pool1, conv3, pool5, fc7).
     hypercolumn_layers: tuple[str, ...] | None = Field(default=None, description="Hypercolumn layers (None: conv1,pool1,conv3,pool5,fc7)")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)

@@ -14,6 +14,9 @@ Images come out in [0, 1] RGB, ``(3, h, w)`` float32. ImageNet mean/std standard
 network (``cpfs.training.model.AlexNetTrunk`` standardises its input with ``IMAGENET_MEAN``/``IMAGENET_STD``), so that
 training and evaluation cannot disagree on it; the dataset therefore does not standardise a second time.
 Flow comes out in pixels of the returned crop, ``(2, h, w)`` float32, channel 0 = x (u), channel 1 = y (v).
+
+Longer-range pairs (``pair_gap`` g > 1): frame t with the flow t->t+g, composed from the stored consecutive
+flows by ``compose_flows`` (no new flow is estimated), so small motions add up over g frames.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -117,6 +121,25 @@ def plan_split(
 # 3. The dataset
 
 
+def compose_flows(flows: np.ndarray) -> np.ndarray:
+    """The flow from frame 0 to frame g of g consecutive flows ``(g, H, W, 2)`` (px; flow k maps frame k to k+1).
+
+    ``f(x) = f_0(x) + f_1(x + f_0(x)) + f_2(x + f_0(x) + f_1(...)) + ...``: each later flow is read, bilinearly,
+    where the pixel has arrived so far. A pixel that leaves the frame reads the nearest border pixel's flow
+    (OpenCV ``BORDER_REPLICATE``); occlusions are not detected, as in a single estimated flow.
+    """
+    flows = np.asarray(flows, dtype=np.float32)
+    if flows.ndim != 4 or flows.shape[-1] != 2 or flows.shape[0] < 1:
+        raise ValueError(f"compose_flows needs flows of shape (g >= 1, H, W, 2), got {flows.shape}")
+    total = flows[0].copy()
+    h, w = total.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    for f in flows[1:]:
+        total += cv2.remap(np.ascontiguousarray(f), gx + total[..., 0], gy + total[..., 1],
+                           interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return total
+
+
 def _open_store(store_cfg: StoreConfig, create: bool = False):  # noqa: ANN202 - storage's VideoStore
     from storage.store import VideoStore  # imported here: storage is a sibling package of cpfs
 
@@ -166,16 +189,19 @@ def complete_videos(store_cfg: StoreConfig) -> dict[str, int]:
 
 
 class FlowPairDataset(Dataset):
-    """(frame t, flow t->t+1) pairs of complete videos, excluding pairs that straddle a shot cut and, with
+    """(frame t, flow t->t+g) pairs of complete videos (g = ``pair_gap``, 1 by default), excluding pairs that straddle a shot cut and, with
     ``min_moving_fraction > 0``, pairs with a smaller fraction of independently moving pixels (``cpfs.motion``,
     stored at ingest): on them
     the flow kernel is estimation noise (project issue 10). With ``skip_damaged`` (the default), pairs with a
     frame that may show a decode error's damage (``VideoStore.damaged_frames``) are excluded too.
 
     ``videos`` are video ids (all their frames) or ``FrameRange``s (frames ``[start, stop)``; pair t is used
-    when ``start <= t`` and ``t + 1 < stop``). Item ``i`` is read as ``frames[t]`` and ``flow[t]`` (one Zarr
+    when ``start <= t`` and ``t + g < stop``). Item ``i`` is read as ``frames[t]`` and ``flow[t]`` (one Zarr
     chunk each), the flow decoded from fixed point with the array's own ``scale`` attribute, then augmented
-    by ``augment_pair``. Randomness: item ``(i, draw)`` (as yielded by ``InfiniteSampler``) uses
+    by ``augment_pair``. With ``pair_gap`` g > 1 it reads ``flow[t:t+g]`` and composes them
+    (``compose_flows``); the pair is used when none of its g consecutive pairs straddles a cut, none of its
+    frames t..t+g may be damaged, and the mean moving fraction of its g consecutive pairs reaches
+    ``min_moving_fraction`` (the stored motion statistics are per consecutive pair). Randomness: item ``(i, draw)`` (as yielded by ``InfiniteSampler``) uses
     ``numpy.random.default_rng([seed, draw])``, so an item's augmentation depends only on the seed and the draw
     number, not on the worker process or the order in which workers run; a plain integer index ``i`` uses
     ``draw = i``.
@@ -194,7 +220,11 @@ class FlowPairDataset(Dataset):
         seed: int = 0,
         min_moving_fraction: float = 0.0,
         skip_damaged: bool = True,
+        pair_gap: int = 1,
     ) -> None:
+        if pair_gap < 1:
+            raise ValueError(f"pair_gap must be >= 1 frame, got {pair_gap}")
+        self.pair_gap = g = int(pair_gap)
         if crop < 1:
             raise ValueError(f"crop must be >= 1 px, got {crop}")
         if not 0 <= min_moving_fraction < 1:
@@ -220,14 +250,15 @@ class FlowPairDataset(Dataset):
             cut = np.asarray(store.read_cut(vid), dtype=bool)  # (T-1,)
             n_pairs = cut.shape[0]
             start, stop = (0, n_pairs + 1) if rng is None else (rng.start, min(rng.stop, n_pairs + 1))
-            t = np.arange(start, max(stop - 1, start), dtype=np.int64)  # pairs whose both frames are in range
-            t = t[~cut[t]]
+            t = np.arange(start, max(stop - g, start), dtype=np.int64)  # pairs whose both frames are in range
+            span = t[:, None] + np.arange(g)  # (n, g): the consecutive pairs t..t+g-1 of each
+            t = t[~cut[span].any(axis=1)]
             if skip_damaged:
                 damaged = store.damaged_frames(vid)  # (T,)
-                t = t[~(damaged[t] | damaged[t + 1])]
+                t = t[~damaged[t[:, None] + np.arange(g + 1)].any(axis=1)]
             if self.min_moving_fraction > 0:
                 moving = store.read_motion(vid)[:, MOTION_COLUMNS.index("moving_fraction")]  # (T-1,); StoreError if absent
-                t = t[moving[t] >= self.min_moving_fraction]
+                t = t[moving[t[:, None] + np.arange(g)].mean(axis=1) >= self.min_moving_fraction]
             self.video_ids.append(vid)
             vid_index.append(np.full(t.shape, len(self.video_ids) - 1, dtype=np.int64))
             pair_t.append(t)
@@ -249,7 +280,7 @@ class FlowPairDataset(Dataset):
         return int(len(self._t))
 
     def pair(self, index: int) -> tuple[str, int]:
-        """``(video_id, t)`` of item ``index``: frame t and the flow from t to t+1."""
+        """``(video_id, t)`` of item ``index``: frame t and the flow from t to t+g (``pair_gap``)."""
         return self.video_ids[int(self._vid[index])], int(self._t[index])
 
     def __getstate__(self) -> dict:
@@ -269,10 +300,12 @@ class FlowPairDataset(Dataset):
         return self._handles[vid]
 
     def read_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Frame t ``(H, W, 3)`` uint8 and decoded flow t ``(H, W, 2)`` float32 px of item ``index``, uncropped."""
+        """Frame t ``(H, W, 3)`` uint8 and decoded flow t->t+g ``(H, W, 2)`` float32 px of item ``index``, uncropped."""
         vid, t = self.pair(index)
         frames, flow, scale = self._arrays(vid)
-        return np.asarray(frames[t]), decode_flow(np.asarray(flow[t]), scale)
+        if self.pair_gap == 1:
+            return np.asarray(frames[t]), decode_flow(np.asarray(flow[t]), scale)
+        return np.asarray(frames[t]), compose_flows(decode_flow(np.asarray(flow[t:t + self.pair_gap]), scale))
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, draw = (key, key) if not isinstance(key, tuple) else key

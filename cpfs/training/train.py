@@ -319,7 +319,8 @@ def train(
     videos = complete_videos(store_cfg)
     split = plan_split(videos, cfg.holdout_fraction, cfg.seed, cfg.heldout_videos)
     dataset = FlowPairDataset(store_cfg, split.train, crop=cfg.crop, augment=cfg.augment, seed=cfg.seed,
-                              min_moving_fraction=cfg.min_moving_fraction, skip_damaged=cfg.skip_damaged_pairs)
+                              min_moving_fraction=cfg.min_moving_fraction, skip_damaged=cfg.skip_damaged_pairs,
+                              pair_gap=cfg.pair_gap)
     version = store_version(store_cfg)
     # For the model card (cpfs.export.exporter): each video's name and flow backend, recorded in every checkpoint.
     videos_seen = video_provenance(store_cfg, sorted({r.video_id for r in (*split.train, *split.heldout)})) if dist.is_main else {}

@@ -17,6 +17,7 @@ from cpfs.config import StoreConfig
 from cpfs.training.augment import augment_pair, draw_crop
 from cpfs.training.data import (
     FlowPairDataset,
+    compose_flows,
     InfiniteSampler,
     complete_videos,
     plan_split,
@@ -238,6 +239,52 @@ def test_cut_pairs_are_never_returned(store2: StoreConfig) -> None:
     assert [part.pair(i) for i in range(len(part))] == [("vid1", t) for t in (3, 4, 5, 6)]
 
 
+def test_composed_flow_follows_each_pixel_through_the_frames() -> None:
+    h, w = 20, 30
+    shift = np.zeros((h, w, 2), np.float32)
+    shift[..., 0], shift[..., 1] = 2.0, -1.0
+    ramp = np.zeros((h, w, 2), np.float32)
+    ramp[..., 0] = 0.1 * np.arange(w, dtype=np.float32)  # flow 1 depends on where the pixel is
+    one = compose_flows(shift[None])
+    np.testing.assert_array_equal(one, shift)
+    two = compose_flows(np.stack([shift, ramp]))
+    x = np.arange(w, dtype=np.float32)
+    inside = x + 2 <= w - 1  # the pixel is still in the frame after the first flow
+    np.testing.assert_allclose(two[5, inside, 0], 2.0 + 0.1 * (x[inside] + 2), atol=1e-4)
+    np.testing.assert_allclose(two[5, ~inside, 0], 2.0 + 0.1 * (w - 1), atol=1e-4)  # read at the border
+    np.testing.assert_allclose(two[1:, :, 1], -1.0, atol=1e-5)
+    three = compose_flows(np.stack([shift, shift, shift]))  # constant translations add up
+    np.testing.assert_allclose(three[..., 0], 6.0)
+    np.testing.assert_allclose(three[..., 1], -3.0)
+    with pytest.raises(ValueError, match=r"\(g >= 1, H, W, 2\)"):
+        compose_flows(np.zeros((0, h, w, 2)))
+
+
+def test_longer_range_pairs_compose_the_stored_flows_and_never_cross_a_cut(store2: StoreConfig) -> None:
+    ds = FlowPairDataset(store2, ["vid0", "vid1"], crop=48, augment=NO_AUG, pair_gap=3)
+    pairs = [ds.pair(i) for i in range(len(ds))]
+    # vid0 has a cut at pair 4: a gap-3 pair t spans pairs t..t+2, so t = 2, 3, 4 are out; t + 3 <= T - 1.
+    assert [t for v, t in pairs if v == "vid0"] == [0, 1, 5, 6, 7, 8]
+    assert [t for v, t in pairs if v == "vid1"] == list(range(T - 3))
+    store = VideoStore.open(store2, create=False)
+    y0, x0 = (H - 48) // 2, (W - 48) // 2
+    for i in (0, len(ds) - 1):
+        vid, t = ds.pair(i)
+        image, flow = ds[i]
+        ref = compose_flows(store.read_flow(vid, t, t + 3))[y0 : y0 + 48, x0 : x0 + 48]
+        np.testing.assert_allclose(flow.permute(1, 2, 0).numpy(), ref, atol=1e-5)
+        ref_img = store.read_frames(vid, t, t + 1)[0, y0 : y0 + 48, x0 : x0 + 48] / np.float32(255)
+        np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), ref_img, atol=1e-6)
+    # The background pans 1 px a frame: over 3 frames its flow is 3 px (exact where it stays background).
+    _, t = ds.pair(0)
+    full = compose_flows(store.read_flow("vid0", t, t + 3))
+    assert np.isclose(full[..., 0], 3 * BG_V[0]).mean() > 0.8
+    part = FlowPairDataset(store2, [FrameRange("vid1", 3, 8)], crop=32, pair_gap=2)
+    assert [part.pair(i) for i in range(len(part))] == [("vid1", t) for t in (3, 4, 5)]  # frames t, t+2 in [3, 8)
+    with pytest.raises(ValueError, match="pair_gap must be >= 1"):
+        FlowPairDataset(store2, ["vid0"], crop=32, pair_gap=0)
+
+
 def test_static_pairs_are_dropped_and_cuts_stay_dropped(tmp_path: Path) -> None:
     # Pairs 2-5 of a video carry no motion differences (the whole frame pans 1 px: nothing moves on its own),
     # pair 8 is a shot cut. With min_moving_fraction the loader never returns any of them.
@@ -254,6 +301,9 @@ def test_static_pairs_are_dropped_and_cuts_stay_dropped(tmp_path: Path) -> None:
     kept = FlowPairDataset(cfg, ["vid0"], crop=32, min_moving_fraction=0.1)
     assert [everything.pair(i)[1] for i in range(len(everything))] == [0, 1, 2, 3, 4, 5, 6, 7, 9, 10]
     assert [kept.pair(i)[1] for i in range(len(kept))] == [0, 1, 6, 7, 9, 10]
+    # Gap 2: the mean moving fraction of pairs t and t+1 decides (pair 1: (0.11 + 0) / 2 is under 0.1).
+    gap2 = FlowPairDataset(cfg, ["vid0"], crop=32, min_moving_fraction=0.1, pair_gap=2)
+    assert [gap2.pair(i)[1] for i in range(len(gap2))] == [0, 6, 9]
     with pytest.raises(StoreError, match="min_moving_fraction=0.5"):
         FlowPairDataset(cfg, ["vid0"], crop=32, min_moving_fraction=0.5)
     with pytest.raises(ValueError, match="min_moving_fraction must be in"):
