@@ -63,7 +63,7 @@ def evaluate(config: EvalConfig) -> EvalSummary:
         inputs = ctx.inputs()
         names = config.protocols()
         logger.info("evaluating %s (sha256 %s) on held-out %s of %s (index %s): %s", config.checkpoint,
-                    inputs.checkpoint_sha256[0][:12], ", ".join(inputs.heldout_videos), config.store.path,
+                    inputs.checkpoint_sha256[0][:12], ", ".join(ctx.video_names.get(v, v) for v in inputs.heldout_videos), config.store.path,
                     inputs.store_version, ", ".join(names))
         progress = create_progress_artifact(0.0, key="evaluate-progress",
                                             description=f"Protocols done of {len(names)}, then the report")
