@@ -13,7 +13,8 @@ random init of the same seed, and trained - pixel position, with their 95 % CIs)
 
 Variants: ``demo`` (what `make run` runs: the demo preset), ``demo-200`` (the demo preset before issue 18
 changed it: 200 steps, 112 px crops, a 20-step warm-up), ``cpu-hour-400`` and ``cpu-hour-600`` (the cpu-hour
-preset, 128 px crops, cut to 400 or 600 steps).
+preset, 128 px crops, cut to 400 or 600 steps), ``demo-ce`` (the demo preset with the ``ce`` loss, temperature
+0.1: on the ``cpu-hour`` store it fitted held-out flow best, docs/benchmarks.md).
 
 These figures chose the demo preset (2 quiet cores, the store already ingested, one variant after the other):
 ``demo-200`` (then the demo) 192 s, trained - random init +0.008 (-0.022 .. +0.036); ``cpu-hour-400`` 356 s,
@@ -35,6 +36,7 @@ from pathlib import Path
 VARIANTS = {
     "demo": [],
     "demo-200": ["--steps", "200", "--crop", "112", "--schedule-warmup-steps", "20"],
+    "demo-ce": ["--loss", "ce"],
     "cpu-hour-400": ["--preset", "cpu-hour", "--steps", "400"],
     "cpu-hour-600": ["--preset", "cpu-hour", "--steps", "600"],
 }
