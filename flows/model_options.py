@@ -181,7 +181,7 @@ def _defaults(model: type[BaseModel], fields: list[_Field], kinds: list[str]) ->
     """What each field's help shows as its default: the value of ``model`` built from nothing (so a value one
     field derives from another, as ``evaluate.out`` from ``run_dir``, is shown as it comes out), else the
     field's own default; and where a ``preset`` field (a choice among named presets) gives it another value,
-    each preset's, "200; cpu-hour: 2500, paper: 100000"."""
+    each preset's, "400; cpu-hour: 1000, paper: 100000"."""
     try:
         base = model.model_validate({}).model_dump(mode="json", by_alias=True)
     except ValidationError:

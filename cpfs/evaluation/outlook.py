@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 NEXT_LONGER = ("To train for longer on more video, run `cpfs run --preset cpu-hour` on your own videos "
-               "(about an hour on 2 CPU cores; README, \"Train on your own videos\"), or `--preset paper` on a GPU.")
+               "(about half an hour on 2 CPU cores; README, \"Train on your own videos\"), or `--preset paper` on a GPU.")
 SEMANTICS = ("This run cannot show whether the features transfer beyond motion (objects, classes): the linear probe "
              "ran on handwritten digits at smoke scale. For that, evaluate with `--davis` and `--davis-train` "
              "(DAVIS label propagation and the foreground probe) or `--imagefolder` (a labelled image set).")

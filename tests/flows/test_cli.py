@@ -293,8 +293,8 @@ def test_help_panels_defaults_and_80_columns(command, options):
     assert panels[panels.index("Options") + 1] == "Common"  # the flags most runs set come first
     text = _flat(r.output)
     if command in ("run", "train"):
-        assert "--steps <int> Optimisation steps [default: 400; cpu-hour: 2500, paper: 100000]" in text
-        assert "[default: kta-centered; paper: ce]" in text and "[default: on]" in text
+        assert "--steps <int> Optimisation steps [default: 400; cpu-hour: 1000, paper: 100000]" in text
+        assert "[default: kta-centered; cpu-hour: ce, paper: ce]" in text and "[default: on]" in text
     if command == "run":
         assert {"Ingest: Decode", "Ingest: TV-L1 (--backend *tvl1)", "Training: Model", "Training: Loss",
                 "Training: Optimiser (AdamW)", "Training: Schedule", "Training: Augmentation", "Training: Validation",
