@@ -60,6 +60,7 @@ from torch import Tensor
 
 from cpfs.evaluation.datasets import list_davis_sequences, load_image, load_images, load_mask, read_davis_sequence
 from cpfs.evaluation.davis_measures import (
+    VOID_LABEL,
     contour_accuracy_f,
     dataset_scores,
     object_ids,
@@ -393,10 +394,13 @@ def iter_segment_sequence(
     if len(frames) != len(masks) or not frames:
         raise ValueError(f"need as many frames as masks, at least one; got {len(frames)} frames, {len(masks)} masks")
     gt0 = load_mask(masks[0])
+    # Void (255, unannotated pixels of palette masks) is background, as the official get_all_masks makes it before
+    # anything else: propagated as a label of its own it would take soft-label mass from the background.
+    given = np.where(gt0 == VOID_LABEL, 0, gt0)
     full = gt0.shape
     small = resized_size(full, size)
-    first = labels_to_grid(gt0, max(int(gt0.max()) + 1, 2), small, feature_fn.stride)
-    yield 0, gt0, gt0
+    first = labels_to_grid(given, max(int(given.max()) + 1, 2), small, feature_fn.stride)
+    yield 0, given, gt0
     prop: LabelPropagator | None = None
     for start in range(0, len(frames), batch_size):
         images = torch.from_numpy(load_images(frames[start : start + batch_size], small))  # (b, 3, h, w)

@@ -18,6 +18,7 @@ from cpfs.evaluation.davis import (
     LabelPropagator,
     _topk_grouped,
     davis_protocol,
+    iter_segment_sequence,
     labels_to_grid,
     propagate_labels,
     region_similarity_j,
@@ -183,6 +184,31 @@ def test_labels_to_grid_reads_the_mask_at_grid_pixels() -> None:
     assert grid.shape == (2, 10, 15)
     assert torch.allclose(grid.sum(0), torch.ones(10, 15))
     assert grid[1, 5, 7] == 1.0 and grid[1, 0, 0] == 0.0
+
+
+def test_void_in_the_first_mask_is_background_not_a_label(tmp_path: Path) -> None:
+    """Palette masks (DAVIS 2017) mark unannotated pixels 255: the official evaluation makes them background
+    before anything else, so they are never propagated as a label of their own."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+    first = np.zeros((48, 64), np.uint8)
+    first[12:36, 16:40] = 255  # a void band around the object, as DAVIS 2017 draws it
+    first[15:33, 19:37] = 1
+    frames, masks = [], []
+    for i in range(4):
+        frames.append(tmp_path / f"{i:05d}.jpg")
+        Image.fromarray(image).save(frames[-1], quality=100)
+        masks.append(tmp_path / f"{i:05d}.png")
+        m = Image.fromarray(first if i == 0 else (first == 1).astype(np.uint8), mode="P")
+        m.putpalette([0, 0, 0, 128, 0, 0] + [0, 0, 0] * 253 + [255, 255, 255])
+        m.save(masks[-1])
+    out = list(iter_segment_sequence(colour_features("lab", stride=2), frames, masks, 48, topk=3, radius=4))
+    assert [t for t, _, _ in out] == [0, 1, 2, 3]
+    given, gt0 = out[0][1], out[0][2]
+    assert (gt0 == 255).any() and not (given == 255).any() and (given[gt0 == 255] == 0).all()
+    for _, pred, _ in out[1:]:
+        assert set(np.unique(pred).tolist()) <= {0, 1}  # two labels: background (with void) and the object
+        assert (pred[20:28, 24:32] == 1).all()  # the object's core stays the object on identical frames
 
 
 # The first implementation's masks (commit ac4bc53's cpfs/evaluation/davis.py, loaded from git history) on
