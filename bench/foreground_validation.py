@@ -89,10 +89,9 @@ def main() -> None:
                                                                       name="random-init"), fit, test, **kw)
             p = foreground_paired(trained, randoms[seed], seed, cfg.ci_level)
             t, r = trained["summary"]["mIoU"]["mean"], randoms[seed]["summary"]["mIoU"]["mean"]
-            d = p
             rows.append({"checkpoint": path, "step": record.step, "seed": seed, "trained": t, "random": r, "paired": p})
             print(f"{path} (step {record.step}, seed {seed}): mIoU {t:.3f} against random init {r:.3f}: "
-                  f"{d['mean']:+.3f} ({d['ci_low']:+.3f} .. {d['ci_high']:+.3f}); {time.perf_counter() - t0:.0f} s",
+                  f"{p['mean']:+.3f} ({p['ci_low']:+.3f} .. {p['ci_high']:+.3f}); {time.perf_counter() - t0:.0f} s",
                   flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1, default=str))

@@ -251,14 +251,14 @@ class FlowPairDataset(Dataset):
             n_pairs = cut.shape[0]
             start, stop = (0, n_pairs + 1) if rng is None else (rng.start, min(rng.stop, n_pairs + 1))
             t = np.arange(start, max(stop - g, start), dtype=np.int64)  # pairs whose both frames are in range
-            span = t[:, None] + np.arange(g)  # (n, g): the consecutive pairs t..t+g-1 of each
-            t = t[~cut[span].any(axis=1)]
+            steps = np.arange(g)  # pair t spans the consecutive pairs t .. t+g-1 and the frames t .. t+g
+            t = t[~cut[t[:, None] + steps].any(axis=1)]
             if skip_damaged:
                 damaged = store.damaged_frames(vid)  # (T,)
                 t = t[~damaged[t[:, None] + np.arange(g + 1)].any(axis=1)]
             if self.min_moving_fraction > 0:
                 moving = store.read_motion(vid)[:, MOTION_COLUMNS.index("moving_fraction")]  # (T-1,); StoreError if absent
-                t = t[moving[t[:, None] + np.arange(g)].mean(axis=1) >= self.min_moving_fraction]
+                t = t[moving[t[:, None] + steps].mean(axis=1) >= self.min_moving_fraction]
             self.video_ids.append(vid)
             vid_index.append(np.full(t.shape, len(self.video_ids) - 1, dtype=np.int64))
             pair_t.append(t)
@@ -303,9 +303,7 @@ class FlowPairDataset(Dataset):
         """Frame t ``(H, W, 3)`` uint8 and decoded flow t->t+g ``(H, W, 2)`` float32 px of item ``index``, uncropped."""
         vid, t = self.pair(index)
         frames, flow, scale = self._arrays(vid)
-        if self.pair_gap == 1:
-            return np.asarray(frames[t]), decode_flow(np.asarray(flow[t]), scale)
-        return np.asarray(frames[t]), compose_flows(decode_flow(np.asarray(flow[t:t + self.pair_gap]), scale))
+        return np.asarray(frames[t]), compose_flows(decode_flow(np.asarray(flow[t : t + self.pair_gap]), scale))
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, draw = (key, key) if not isinstance(key, tuple) else key

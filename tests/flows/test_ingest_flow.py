@@ -127,6 +127,36 @@ def test_the_local_cluster_announces_no_dashboard_that_nobody_serves(tmp_path) -
     assert not any("dashboard" in m.lower() for m in said), said
 
 
+def _store_as_another_run(source, cfg: IngestConfig, video_id: str):
+    """Store one video as another run would, its writer lock already held by the caller: the library's steps,
+    not ``ingest_video`` (which would take the lock again)."""
+    from cpfs.ingest import steps as lib
+
+    plan = lib.prepare_video(source, cfg, video_id)
+    for r in plan.ranges:
+        lib.process_range(plan, r, cfg)
+    return lib.finalize_video(plan, cfg)
+
+
+def _ingest_beside(other_run, holding, flow_waits, busy_id: str, cfg: IngestConfig, monkeypatch):
+    """Run the ingest flow while ``other_run`` (a thread) holds ``busy_id``'s writer lock: it starts once the
+    thread holds the lock, and ``flow_waits`` is set when the flow asks to wait for that video (or at the end)."""
+    import threading
+
+    from flows.ingest import ingest
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    assert holding.wait(timeout=60)
+    set_when_called(monkeypatch, VideoStore, "writer_lock", flow_waits,
+                    lambda video_id, wait=True, on_wait=None: wait and video_id == busy_id)
+    try:
+        return ingest(cfg)
+    finally:
+        flow_waits.set()
+        thread.join(timeout=300)
+
+
 def test_a_video_another_run_is_writing_is_waited_for_and_skipped_as_stored_by_it(prefect_server, tmp_path, inputs,
                                                                                   monkeypatch):
     """Issue 21: two runs ingesting one video at once. "The other run" (a thread here) holds the video's writer
@@ -134,10 +164,8 @@ def test_a_video_another_run_is_writing_is_waited_for_and_skipped_as_stored_by_i
     skipped, stored by another run: one of the two runs did the work."""
     import threading
 
-    from cpfs.ingest import steps as lib
     from cpfs.ingest.discovery import content_id
     from cpfs.records import VideoSource
-    from flows.ingest import ingest
 
     cfg = _cfg(tmp_path, [inputs["good"], inputs["good2"]])
     VideoStore.open(cfg.store, create=True)
@@ -150,22 +178,10 @@ def test_a_video_another_run_is_writing_is_waited_for_and_skipped_as_stored_by_i
         with real_lock(store, busy_id):
             holding.set()
             assert flow_waits.wait(timeout=300)
-            plan = lib.prepare_video(VideoSource(str(inputs["good"]), "file"), cfg, busy_id)
-            for r in plan.ranges:
-                lib.process_range(plan, r, cfg)
-            done.append(lib.finalize_video(plan, cfg))
+            done.append(_store_as_another_run(VideoSource(str(inputs["good"]), "file"), cfg, busy_id))
 
-    thread = threading.Thread(target=other_run)
-    thread.start()
-    assert holding.wait(timeout=60)
     # the flow found the video busy (it only waits for videos it could not take)
-    set_when_called(monkeypatch, VideoStore, "writer_lock", flow_waits,
-                    lambda video_id, wait=True, on_wait=None: wait and video_id == busy_id)
-    try:
-        summary = ingest(cfg)
-    finally:
-        flow_waits.set()
-        thread.join(timeout=300)
+    summary = _ingest_beside(other_run, holding, flow_waits, busy_id, cfg, monkeypatch)
     assert [r.status for r in done] == ["stored"]
     by_source = {r.source: r for r in summary.results}
     assert by_source[str(inputs["good2"])].status == "stored"
@@ -181,11 +197,9 @@ def test_two_runs_with_crossed_videos_never_wait_for_each_other(prefect_server, 
     wants this run's video, gets it (held while waiting, the two would wait for each other for ever)."""
     import threading
 
-    from cpfs.ingest import steps as lib
     from cpfs.ingest.discovery import content_id
     from cpfs.locks import exclusive
     from cpfs.records import VideoSource
-    from flows.ingest import ingest
     from storage import layout
 
     cfg = _cfg(tmp_path, [inputs["good"], inputs["good2"]])
@@ -204,21 +218,9 @@ def test_two_runs_with_crossed_videos_never_wait_for_each_other(prefect_server, 
             with exclusive(tmp_path / "store.zarr" / layout.LOCKS / f"{mine_id}.lock", "the flow's video",
                            timeout_s=60):
                 got_mine.append(True)
-                plan = lib.prepare_video(theirs, cfg, theirs_id)
-                for r in plan.ranges:
-                    lib.process_range(plan, r, cfg)
-                lib.finalize_video(plan, cfg)
+                _store_as_another_run(theirs, cfg, theirs_id)
 
-    thread = threading.Thread(target=other_run)
-    thread.start()
-    assert holding.wait(timeout=60)
-    set_when_called(monkeypatch, VideoStore, "writer_lock", flow_waits,
-                    lambda video_id, wait=True, on_wait=None: wait and video_id == theirs_id)
-    try:
-        summary = ingest(cfg)
-    finally:
-        flow_waits.set()
-        thread.join(timeout=300)
+    summary = _ingest_beside(other_run, holding, flow_waits, theirs_id, cfg, monkeypatch)
     assert got_mine == [True]  # the other run was not left waiting for the flow's video
     by_source = {r.source: r for r in summary.results}
     assert by_source[str(inputs["good"])].status == "stored"
