@@ -11,7 +11,16 @@ nothing.
     .venv/bin/python bench/davis_layers.py --checkpoint RUN/checkpoints/best.pt --store STORE \\
         --sequences soapbox car-roundabout --size 160
 
-Prints one row per layer subset: J&F of the trained network, of random init, and their difference.
+    # the model's own embedding beside trunk layers (cpfs.evaluation.features.network_features):
+    .venv/bin/python bench/davis_layers.py --checkpoint RUN/checkpoints/best.pt --store STORE \
+        --sequences soapbox car-roundabout --size 160 --max-frames 40 \
+        --subsets embedding+conv1 conv1+conv2+conv3+conv4+conv5 embedding+conv1+conv2
+
+Prints one row per layer subset: J&F of the trained network, of random init, and their difference. The
+default features of DAVIS label propagation and of training's validation (``cpfs.config.base.PROPAGATION_LAYERS``,
+the embedding beside conv1) were chosen with it: on the three ``cpu-hour`` seeds it was the best subset tried on
+both counts, the trained network's J&F and its gain over random init (docs/benchmarks.md, "Which features for DAVIS
+label propagation").
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from cpfs.config import StoreConfig
 from cpfs.training.data import FlowPairDataset, complete_videos, plan_split
 from cpfs.evaluation import baselines
 from cpfs.evaluation.davis import davis_protocol
-from cpfs.evaluation.features import hypercolumn_features
+from cpfs.evaluation.features import network_features
 from cpfs.training.train import _seed_everything, build_model
 from cpfs.config import TrainConfig
 
@@ -46,6 +55,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--max-frames", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the table as JSON here")
+    ap.add_argument("--subsets", nargs="+", default=None,
+                    help="layer subsets to try, each as conv1+conv2 (default: the seven above); 'embedding' is the "
+                         "model's own unit embedding (the head's output), 'embedding+conv1+...' that beside hypercolumns")
     args = ap.parse_args()
     if Path(args.davis).resolve() == (SHARED / "davis").resolve():
         raise SystemExit("bench/davis_layers.py chooses settings: never on davis/, the evaluation set")
@@ -69,9 +81,10 @@ def main() -> None:
     colour = davis_protocol(baselines.colour_features("lab", 4), args.davis, args.sequences, size=args.size,
                             max_frames=args.max_frames)
     print(f"colour-lab: J&F {colour['JF_mean']:.4f} (J {colour['J_mean']:.4f}, F {colour['F_mean']:.4f})", flush=True)
-    for layers in SUBSETS:
-        res = {name: davis_protocol(hypercolumn_features(net.trunk, layers, stride=4, name=name), args.davis,
-                                    args.sequences, size=args.size, max_frames=args.max_frames)
+    subsets = [tuple(s.split("+")) for s in args.subsets] if args.subsets else SUBSETS
+    for layers in subsets:
+        res = {name: davis_protocol(network_features(net, layers, stride=4, name=name), args.davis, args.sequences, size=args.size,
+                                    max_frames=args.max_frames)
                for name, net in nets.items()}
         row = {"layers": list(layers), **{f"{n} J&F": r["JF_mean"] for n, r in res.items()},
                "difference": res["cpfs"]["JF_mean"] - res["random-init"]["JF_mean"],

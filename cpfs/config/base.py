@@ -12,7 +12,7 @@ groups its fields' flags into the help's panels.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,6 +64,25 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
         else:
             out[key] = dict(value) if isinstance(value, Mapping) else value
     return out
+
+
+# The features label propagation reads by default (DAVIS in the evaluation, and the validation measure during
+# training): the model's own embedding beside conv1. Chosen on held-out davis-train sequences, never on davis/
+# (bench/davis_layers.py; docs/benchmarks.md, "Which features for DAVIS label propagation").
+PROPAGATION_LAYERS: tuple[str, ...] = ("embedding", "conv1")
+
+
+def feature_layers(value: Sequence[str], field: str) -> list[str]:
+    """``value`` checked as the feature layers of a dense protocol: a non-empty list of distinct trunk layers
+    (``cpfs.training.model.LAYER_NAMES``) and "embedding" (the model's unit embedding). Raises ValueError naming
+    ``field`` otherwise."""
+    from cpfs.training.model import EMBEDDING, LAYER_NAMES  # here: importing the configuration needs no torch
+
+    known = [*LAYER_NAMES, EMBEDDING]
+    unknown = [name for name in value if name not in known]
+    if unknown or not value or len(set(value)) != len(value):
+        raise ValueError(f"{field} must be a non-empty list of distinct names among {known}, got {list(value)}")
+    return list(value)
 
 
 def load_config_file(path: str | Path | None) -> dict[str, Any]:

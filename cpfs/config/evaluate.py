@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from cpfs.config.base import ConfigModel
+from cpfs.config.base import PROPAGATION_LAYERS, ConfigModel, feature_layers
 from cpfs.config.finetune import FinetuneConfig
 from cpfs.config.store import StoreConfig
 from cpfs.training.run_folder import RunFolder
@@ -45,7 +45,8 @@ class EvalConfig(ConfigModel):
         "Linear probe": ("imagefolder", "imagefolder_val", "max_per_class", "digits_per_class", "probe_size",
                          "probe_max_iter"),
         "VOC segmentation": ("voc", "voc_classes", "voc_size"),
-        "DAVIS propagation": ("davis", "davis_sequences", "davis_max_frames", "davis_figure_frames", "davis_size"),
+        "DAVIS propagation": ("davis", "davis_sequences", "davis_max_frames", "davis_figure_frames", "davis_size",
+                              "davis_layers"),
         "DAVIS foreground probe": ("davis_train", "foreground_frame_step", "foreground_size"),
         "Fine-tuning": ("finetune",),
         "Features, baselines, statistics": ("compare", "layers", "feature_stride", "pixels_per_image",
@@ -74,6 +75,11 @@ class EvalConfig(ConfigModel):
     davis_sequences: list[str] | None = Field(default=None, description="DAVIS sequences to run (None: every one)")
     davis_max_frames: int | None = Field(default=None, ge=2, description="First frames per DAVIS sequence (None: all)")
     davis_figure_frames: int = Field(default=3, ge=0, description="DAVIS frames per sequence drawn as figures (propagated mask against ground truth)")
+    # The features label propagation compares: trunk layers' hypercolumns and "embedding", the model's unit
+    # embedding (cpfs.evaluation.features.network_features). The default, the embedding beside conv1, was chosen on
+    # held-out davis-train sequences, never on davis/ (cpfs.config.base.PROPAGATION_LAYERS says where).
+    davis_layers: list[str] = Field(default_factory=lambda: list(PROPAGATION_LAYERS),
+                                    description="DAVIS: features compared, trunk layers and/or 'embedding' (the model's own)")
     # The foreground probe is fitted on these masks and scored on ``davis``'s: other sequences, never the same.
     davis_train: str | None = Field(default=None, description="DAVIS-layout root whose masks fit the foreground probe (scored on --davis)")
     # Every 15th frame: 48 fitted frames of davis-train's ten sequences, 15 scored of davis's four. The fits
@@ -115,6 +121,11 @@ class EvalConfig(ConfigModel):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     # torch intra-op threads; None: one per core (os.cpu_count()). On a shared machine fewer can be faster.
     threads: int | None = Field(default=None, ge=1, description="torch threads (None: os.cpu_count())")
+
+    @field_validator("davis_layers")
+    @classmethod
+    def _known_davis_layers(cls, v: list[str]) -> list[str]:
+        return feature_layers(v, "davis_layers")
 
     @field_validator("layers")
     @classmethod

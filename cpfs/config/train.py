@@ -29,7 +29,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from cpfs.config.base import Cli, ConfigModel, deep_merge
+from cpfs.config.base import PROPAGATION_LAYERS, Cli, ConfigModel, deep_merge, feature_layers
 from cpfs.config.store import StoreConfig
 
 LossName = Literal["kta", "kta-centered", "ce", "ce-rev"]
@@ -95,9 +95,15 @@ class ValidationConfig(ConfigModel):
     sequences: list[str] | None = Field(default=None, description="Validation sequences (None: those of the root not trained on)")
     size: int = Field(default=160, ge=63, description="Frames resized to this short side, px")
     max_frames: int | None = Field(default=40, ge=2, description="First frames per sequence (None: all)")
-    layers: tuple[str, ...] = Field(default=("conv1", "conv2", "conv3", "conv4", "conv5"), description="Hypercolumn layers of the propagation")
+    # The evaluation's DAVIS features (EvalConfig.davis_layers), so the best checkpoint is the best by what is reported.
+    layers: tuple[str, ...] = Field(default=PROPAGATION_LAYERS, description="Features of the propagation: trunk layers and/or 'embedding' (the model's own)")
     # None: at every checkpoint (``checkpoint_every``); the best checkpoint is chosen among validated steps.
     every: int | None = Field(default=None, ge=1, description="Validate every this many steps (None: at every checkpoint)")
+
+    @field_validator("layers")
+    @classmethod
+    def _known_layers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(feature_layers(v, "validation.layers"))
 
 
 class TrainConfig(ConfigModel):

@@ -24,7 +24,7 @@ from cpfs.training.checkpoint import Checkpoint, load_model
 from cpfs.config import EvalConfig
 from cpfs.training.data import complete_videos, plan_split, store_version
 from cpfs.evaluation import baselines
-from cpfs.evaluation.features import FeatureFn, hypercolumn_features, model_embedding_features
+from cpfs.evaluation.features import FeatureFn, hypercolumn_features, model_embedding_features, network_features
 from cpfs.evaluation.heldout import PairSubset
 from cpfs.evaluation.sources import RANDOM, Source
 from cpfs.training.model import CPFSModel
@@ -33,7 +33,7 @@ from cpfs.ingest.video_names import display_names
 from storage import VideoStore
 
 Progress = Callable[[str, int, int], None]  # (stage description, done, total)
-FeatureKind = Literal["embedding", "hypercolumns"]
+FeatureKind = Literal["embedding", "hypercolumns", "propagation"]
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ class EvalContext:
         return self.random_model(seed) if source.kind == "random-init" else None
 
     def features(self, source: Source, seed: int, kind: FeatureKind, memo: bool = False) -> FeatureFn:
-        """The ``kind`` features of ``source`` for seed ``seed`` (``cfg.feature_stride``; hypercolumns of
-        ``cfg.layers``). With ``memo`` the features of each image are computed once for the rest of the protocol
+        """The ``kind`` features of ``source`` for seed ``seed`` (``cfg.feature_stride``; "hypercolumns": of
+        ``cfg.layers``; "propagation": ``cfg.davis_layers``; "embedding": the model's own). With ``memo`` the features of each image are computed once for the rest of the protocol
         run (``memoize_features``; ``release_features`` ends it) and later calls for the same source, seed and
         kind share them: a fixed source across seeds, random init of the training seed between its row and the
         paired comparison. Without ``memo`` nothing is kept (a probe that reads every image once)."""
@@ -158,6 +158,8 @@ class EvalContext:
             fn = source.baseline
         elif kind == "embedding":
             fn = model_embedding_features(model, stride=stride, name=source.name)
+        elif kind == "propagation":  # DAVIS label propagation's features: cfg.davis_layers, embedding or trunk layers
+            fn = network_features(model, self.cfg.davis_layers, stride=stride, name=source.name)
         else:
             fn = hypercolumn_features(model.trunk, self.cfg.layers, stride=stride, name=source.name)
         if memo:

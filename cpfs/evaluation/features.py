@@ -10,8 +10,9 @@ with ``Hg = ceil(H / stride)``, ``Wg = ceil(W / stride)`` and grid cell ``(i, j)
 and ``upsample_features`` read such a map back at arbitrary pixels (bilinear between grid pixels).
 
 Sources: ``model_embedding_features`` (a trained or random-init ``CPFSModel``'s unit embeddings),
-``hypercolumn_features`` (a frozen trunk's layers, each L2-normalised, concatenated) and the trivial
-baselines of ``cpfs.evaluation.baselines`` (position, colour, flow oracle).
+``hypercolumn_features`` (a frozen trunk's layers, each L2-normalised, concatenated), ``network_features``
+(trunk layers and the embedding side by side) and the trivial baselines of ``cpfs.evaluation.baselines``
+(position, colour, flow oracle).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cpfs.training.model import AlexNetTrunk, CPFSModel, grid_pixels, sample_on_grid
+from cpfs.training.model import EMBEDDING, AlexNetTrunk, CPFSModel, grid_pixels, sample_on_grid
 
 FeatureCallable = Callable[[Tensor, "Tensor | None"], Tensor]
 
@@ -147,6 +148,39 @@ def hypercolumn_features(
             return torch.cat(cols, dim=1) / math.sqrt(len(layers))  # (B, sum C, Hg, Wg)
         finally:
             trunk.train(was_training)
+
+    return FeatureFn(name=name, stride=stride, fn=fn)
+
+
+def network_features(model: CPFSModel, layers: Sequence[str], stride: int = 4, name: str = "cpfs") -> FeatureFn:
+    """A network's features on the grid: the hypercolumns of the trunk ``layers`` and, where ``layers`` names
+    ``EMBEDDING`` ("embedding"), the model's unit embedding (``model_embedding_features``) as one more block after
+    them: ``(B, sum_l C_l [+ D], Hg, Wg)``.
+
+    Every block (each trunk layer, the embedding) has unit length and is divided by ``sqrt(number of blocks)``, so
+    each weighs the same in dot products and the whole has unit norm, as in ``hypercolumn_features`` (which this
+    is when the embedding is not named). The embedding is what the CPFS loss trains directly, "pixels that move
+    together are alike"; the trunk layers are what a downstream user reads from the backbone.
+    """
+    layers = tuple(layers)
+    if not layers:
+        raise ValueError("network_features needs at least one layer (a trunk layer or 'embedding')")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"network_features: a layer named twice in {list(layers)}")
+    trunk_layers = tuple(layer for layer in layers if layer != EMBEDDING)
+    if len(trunk_layers) == len(layers):
+        return hypercolumn_features(model.trunk, trunk_layers, stride=stride, name=name)
+    embedding = model_embedding_features(model, stride=stride, name=name)
+    if not trunk_layers:
+        return embedding
+    hyper = hypercolumn_features(model.trunk, trunk_layers, stride=stride, name=name)
+    blocks = len(trunk_layers) + 1
+
+    @torch.no_grad()
+    def fn(images: Tensor, flow: Tensor | None) -> Tensor:
+        # hyper's layers weigh 1/sqrt(len(trunk_layers)) each: rescaled to 1/sqrt(blocks), like the embedding.
+        return torch.cat([hyper(images) * math.sqrt(len(trunk_layers) / blocks),
+                          embedding(images) / math.sqrt(blocks)], dim=1)
 
     return FeatureFn(name=name, stride=stride, fn=fn)
 

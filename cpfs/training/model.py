@@ -89,6 +89,10 @@ HYPERCOLUMN_LAYERS: tuple[str, ...] = ("conv1", "pool1", "conv3", "pool5", "fc7"
 # Default feature layers for the evaluation stage (trunk as a frozen feature extractor).
 CONV_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
+# Among the feature layers of a dense protocol (``cpfs.evaluation.features.network_features``): the model's own
+# unit embedding, the head's output that the CPFS loss trains, as one more block beside trunk layers.
+EMBEDDING = "embedding"
+
 # Per-channel mean and std of ImageNet RGB in [0, 1]: the trunk standardises its input with them, so callers
 # pass plain [0, 1] images and training and evaluation cannot disagree on the normalisation.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

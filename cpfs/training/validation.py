@@ -90,9 +90,9 @@ class Validator:
 
     def _davis(self, model: torch.nn.Module) -> dict:
         from cpfs.evaluation.davis import davis_protocol
-        from cpfs.evaluation.features import hypercolumn_features
+        from cpfs.evaluation.features import network_features
 
-        fn = hypercolumn_features(model.trunk, self.cfg.layers, stride=4, name="validation")
+        fn = network_features(model, self.cfg.layers, stride=4, name="validation")
         return davis_protocol(fn, self.cfg.davis, self.sequences, size=self.cfg.size, max_frames=self.cfg.max_frames)
 
     def due(self, step: int, checkpoint_every: int, end: int) -> bool:

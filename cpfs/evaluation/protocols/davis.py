@@ -1,4 +1,5 @@
-"""Protocol 5 over every source: DAVIS label propagation in the frozen trunk's hypercolumns.
+"""Protocol 5 over every source: DAVIS label propagation in a frozen network's features (``cfg.davis_layers``:
+the model's own embedding and/or trunk layers' hypercolumns, ``cpfs.evaluation.features.network_features``).
 
 Label propagation has no randomness: a fixed network runs once (std over seeds 0); random-init network s
 runs for each seed. Headline: J&F, paired per scored frame against random init of the training seed
@@ -34,8 +35,8 @@ def run(ctx: EvalContext) -> dict:
     train_seed = ctx.train_seed
 
     def one(src: Source, seed: int, figure_frames: int = 0) -> dict:
-        # Not memoized: every frame is read once per network (the DAVIS frames' hypercolumns are large).
-        res = davis_protocol(ctx.features(src, seed, "hypercolumns"), cfg.davis, cfg.davis_sequences,
+        # Not memoized: every frame is read once per network (the DAVIS frames' features can be large).
+        res = davis_protocol(ctx.features(src, seed, "propagation"), cfg.davis, cfg.davis_sequences,
                              size=cfg.davis_size, max_frames=cfg.davis_max_frames, figure_frames=figure_frames)
         # The official statistics beside J, F and J&F in the table (means over objects; the std over seeds is
         # added by combine_seeds).

@@ -15,6 +15,7 @@ from cpfs.evaluation.features import (
     grid_size,
     hypercolumn_features,
     model_embedding_features,
+    network_features,
     upsample_features,
 )
 
@@ -89,6 +90,35 @@ def test_network_features_have_the_grid_shape_and_unit_norm() -> None:
     assert torch.allclose(hyper.norm(dim=1), torch.ones(2, 8, 9), atol=1e-4)
     assert model.training is False and model.trunk.training is False
 
+
+def test_network_features_put_the_embedding_beside_trunk_layers_each_block_weighing_the_same() -> None:
+    model = random_init_model(width=0.25, seed=1)
+    images = torch.rand(2, 3, 64, 72)
+    emb = model_embedding_features(model, stride=8)(images)
+    conv1 = hypercolumn_features(model.trunk, ("conv1",), stride=8)(images)
+    conv15 = hypercolumn_features(model.trunk, ("conv1", "conv5"), stride=8)(images)
+    # Trunk layers alone: exactly the hypercolumns; the embedding alone: exactly the embedding.
+    torch.testing.assert_close(network_features(model, ("conv1", "conv5"), stride=8)(images), conv15, rtol=0, atol=0)
+    torch.testing.assert_close(network_features(model, ("embedding",), stride=8)(images), emb, rtol=0, atol=0)
+    # Both: the trunk blocks first, then the embedding, three blocks of length 1/sqrt(3) each.
+    both = network_features(model, ("embedding", "conv1", "conv5"), stride=8, name="n")(images)
+    c1 = model.trunk.channels["conv1"]
+    c15 = conv15.shape[1]
+    assert both.shape == (2, c15 + model.config.embed_dim, 8, 9)
+    for block in (both[:, :c1], both[:, c1:c15], both[:, c15:]):
+        torch.testing.assert_close(block.norm(dim=1), torch.full((2, 8, 9), 3 ** -0.5), rtol=0, atol=1e-5)
+    torch.testing.assert_close(both[:, c15:], emb / 3 ** 0.5, rtol=0, atol=1e-6)
+    torch.testing.assert_close(both[:, :c1], conv1 / 3 ** 0.5, rtol=0, atol=1e-6)
+    # So a dot product of two such features is the mean of the blocks' cosines.
+    a, b = both[0, :, 0, 0], both[1, :, 3, 4]
+    cosines = [torch.dot(x[:c1] / x[:c1].norm(), y[:c1] / y[:c1].norm()) for x, y in [(a, b)]]
+    cosines += [torch.dot(a[c1:c15], b[c1:c15]) / (a[c1:c15].norm() * b[c1:c15].norm()),
+                torch.dot(a[c15:], b[c15:]) / (a[c15:].norm() * b[c15:].norm())]
+    torch.testing.assert_close(torch.dot(a, b), sum(cosines) / 3, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one layer"):
+        network_features(model, ())
+    with pytest.raises(ValueError, match="named twice"):
+        network_features(model, ("embedding", "embedding"))
 
 
 def test_hypercolumns_on_the_grid_are_the_sampled_hypercolumns_per_layer_normalised() -> None:

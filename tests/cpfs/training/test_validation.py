@@ -77,6 +77,30 @@ def test_the_best_checkpoint_follows_the_highest_score(tmp_path: Path) -> None:
     assert [r["step"] for r in v.history()] == [1]
 
 
+def test_validation_reads_the_features_its_layers_name(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from cpfs.config import EvalConfig
+    from cpfs.evaluation.baselines import random_init_model
+    from cpfs.evaluation.davis import davis_protocol
+    from cpfs.evaluation.features import hypercolumn_features, model_embedding_features
+
+    # The default is the evaluation's DAVIS features, so the best checkpoint is the best by what is reported.
+    assert list(ValidationConfig().layers) == EvalConfig(checkpoint="x").davis_layers == ["embedding", "conv1"]
+    root = _davis_tree(tmp_path / "d", ["a"], n_frames=3)
+    model = random_init_model(width=0.25, seed=3)
+    kw = dict(size=64, max_frames=3)
+    for layers, fn in ((("embedding",), model_embedding_features(model)),
+                       (("conv1", "conv2"), hypercolumn_features(model.trunk, ("conv1", "conv2")))):
+        got = Validator(ValidationConfig(davis=str(root), layers=layers, **kw), ["a"], tmp_path / "r").measure(model, 1)
+        assert got.score == pytest.approx(davis_protocol(fn, str(root), ["a"], **kw)["JF_mean"], abs=1e-9)
+    for bad in ((), ("conv9",), ("embedding", "embedding")):
+        with pytest.raises(ValidationError, match="validation.layers must be a non-empty list of distinct names"):
+            ValidationConfig(layers=bad)
+        with pytest.raises(ValidationError, match="davis_layers must be"):
+            EvalConfig(checkpoint="x", davis_layers=list(bad))
+
+
 @pytest.fixture(scope="module")
 def davis_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[StoreConfig, Path]:
     """A store of two synthetic videos, one of them ingested (as far as its attributes say) from the DAVIS
