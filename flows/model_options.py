@@ -259,7 +259,11 @@ def model_options(model: type[BaseModel], *, exclude: Iterable[str | Loc] = (), 
             example = first if first != "None" else _example(f.tp)
             help_text += " (JSON, or a plain word)"
         # The default goes in the help text: the option's own default is None (not given). "\[": not rich markup.
-        shown = help_text + (f" \\[default: {default.replace('[', chr(92) + '[')}]" if default is not None else "")
+        # A field whose default is None says in words what None means ("(None: every one)"), or is simply off.
+        if default == "None":
+            shown = help_text if "None:" in help_text else help_text + " \\[default: not set]"
+        else:
+            shown = help_text + (f" \\[default: {default.replace('[', chr(92) + '[')}]" if default is not None else "")
         option = typer.Option(flag, help=shown, rich_help_panel=f.panel, show_default=False,
                               metavar={"json": "VALUE", "list": "TEXT"}.get(kind))
         off = typer.Option(f"--no-{flag[2:]}", hidden=True) if kind == "bool" else None

@@ -124,6 +124,14 @@ def table_glossary(protocol: str, columns: Iterable[str], sources: Iterable[str]
     return [(", ".join(cols), text) for text, cols in out.items()] + [(s, SOURCES[s]) for s in sources if s in SOURCES]
 
 
+# What DAVIS label propagation compares (cpfs.evaluation.features.network_features, EvalConfig.davis_layers).
+DAVIS_FEATURES_NOTE = ("Label propagation compares pixels by a network's features named in davis_layers (by default "
+                       "its own embedding, the output training shapes, beside conv1's features, each weighing half), "
+                       "the same for the trained network and random init; a baseline by its position or colour.")
+
+
 def table_notes(protocol: str) -> list[str]:
-    """Longer notes printed under ``protocol``'s table (the raw-alignment paradox under flow alignment)."""
-    return [CELL] + ([RAW_ALIGNMENT_NOTE] if protocol == "flow_alignment" else [])
+    """Longer notes printed under ``protocol``'s table (the raw-alignment paradox under flow alignment, what DAVIS
+    propagation compares)."""
+    extra = {"flow_alignment": [RAW_ALIGNMENT_NOTE], "davis": [DAVIS_FEATURES_NOTE]}
+    return [CELL] + extra.get(protocol, [])

@@ -11,7 +11,7 @@ protocol                 feature of a network                             baseli
 4 ``motion_segmentation`` frozen trunk hypercolumns (``cfg.layers``)      position, colour
 1 ``linear_probe``       pooled trunk layers (``cfg.layers``)             chance
 2 ``segmentation``       frozen trunk hypercolumns                        position, colour
-5 ``davis``              frozen trunk hypercolumns                        position, colour
+5 ``davis``              embedding and trunk layers (``davis_layers``)    position, colour
 ``foreground``           frozen trunk hypercolumns, and each layer        position, colour
 ``finetune``             the trunk fine-tuned with a new head (trained)   random init of the training seed
 =======================  ==============================================  ==================================

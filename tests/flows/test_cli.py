@@ -292,6 +292,11 @@ def test_help_panels_defaults_and_80_columns(command, options):
     panels = re.findall(r"╭─ (.+?) ─", r.output)
     assert panels[panels.index("Options") + 1] == "Common"  # the flags most runs set come first
     text = _flat(r.output)
+    # A default of None is said in words ("(None: every one)") or as not set, never as "None" to a user.
+    assert "[default: None]" not in text
+    if command == "evaluate":
+        assert "--davis-sequences TEXT DAVIS sequences to run (None: every one) (repeatable) --" in text
+        assert "--davis-train <str> DAVIS-layout root whose masks fit the foreground probe (scored on --davis) [default: not set]" in text
     if command in ("run", "train"):
         assert "--steps <int> Optimisation steps [default: 400; cpu-hour: 1000, paper: 100000]" in text
         assert "[default: kta-centered; cpu-hour: ce, paper: ce]" in text and "[default: on]" in text

@@ -168,6 +168,9 @@ def test_report_has_glossaries_outlook_and_a_folded_appendix(report) -> None:
     assert "- **alignment_centered**: the same alignment after centering" in body
     assert "Why random init can score a higher raw alignment" in body and "Why random init" in page
     assert "- **J**: region similarity" in body and "- **conv1, conv2, conv3, conv4, conv5**: top-1 accuracy" in body
+    # Under the DAVIS table, what propagation compares; under no other table.
+    assert body.count("Label propagation compares pixels by a network's features named in davis_layers") == 1
+    assert body.index("Label propagation compares pixels") > body.index("DAVIS label propagation (J, F)")
     assert "- **95 % CI**: bootstrap confidence interval" in body and "- **flow-oracle**:" in body
     assert body.index("## The result in words") < body.index("## What this shows") < body.index("## Results")
     assert "Run `cpfs run --preset cpu-hour` next." in body
