@@ -55,12 +55,20 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--max-frames", type=int, default=None)
     ap.add_argument("--out", default=None, help="write the table as JSON here")
+    ap.add_argument("--report", action="store_true",
+                    help="allow the evaluation set (davis/): to report settings already chosen on davis-train, e.g. "
+                         "random init with its own best layers beside the evaluation's paired comparison")
+    ap.add_argument("--networks", nargs="+", default=["cpfs", "random-init"], choices=["cpfs", "random-init"])
+    ap.add_argument("--no-colour", action="store_true", help="skip the colour baseline")
     ap.add_argument("--subsets", nargs="+", default=None,
                     help="layer subsets to try, each as conv1+conv2 (default: the seven above); 'embedding' is the "
                          "model's own unit embedding (the head's output), 'embedding+conv1+...' that beside hypercolumns")
     args = ap.parse_args()
-    if Path(args.davis).resolve() == (SHARED / "davis").resolve():
-        raise SystemExit("bench/davis_layers.py chooses settings: never on davis/, the evaluation set")
+    if Path(args.davis).resolve() == (SHARED / "davis").resolve() and not args.report:
+        raise SystemExit("bench/davis_layers.py chooses settings: never on davis/, the evaluation set (--report: "
+                         "score there what was already chosen on davis-train, to report it)")
+    if args.report:
+        print("--report: scores to report, not to choose (the defaults were chosen on davis-train)", flush=True)
     torch.set_num_threads(1)
     model, info = load_model(args.checkpoint)
     cfg = TrainConfig.model_validate(info.train_config)
@@ -72,28 +80,33 @@ def main() -> None:
     crops = list(torch.stack([ds[i][0] for i in idx]).split(16))
     _seed_everything(cfg.seed)
     random_same = build_model(cfg)
-    nets = {"cpfs": model, "random-init": random_same}
+    nets = {name: net for name, net in {"cpfs": model, "random-init": random_same}.items() if name in args.networks}
     for net in nets.values():
         baselines.recalibrate_batchnorm(net, crops, cfg.points_per_image, cfg.seed)
         net.eval()
     rows = []
     t0 = time.perf_counter()
-    colour = davis_protocol(baselines.colour_features("lab", 4), args.davis, args.sequences, size=args.size,
-                            max_frames=args.max_frames)
-    print(f"colour-lab: J&F {colour['JF_mean']:.4f} (J {colour['J_mean']:.4f}, F {colour['F_mean']:.4f})", flush=True)
+    colour = None
+    if not args.no_colour:
+        colour = davis_protocol(baselines.colour_features("lab", 4), args.davis, args.sequences, size=args.size,
+                                max_frames=args.max_frames)
+        print(f"colour-lab: J&F {colour['JF_mean']:.4f} (J {colour['J_mean']:.4f}, F {colour['F_mean']:.4f})", flush=True)
     subsets = [tuple(s.split("+")) for s in args.subsets] if args.subsets else SUBSETS
     for layers in subsets:
         res = {name: davis_protocol(network_features(net, layers, stride=4, name=name), args.davis, args.sequences, size=args.size,
                                     max_frames=args.max_frames)
                for name, net in nets.items()}
         row = {"layers": list(layers), **{f"{n} J&F": r["JF_mean"] for n, r in res.items()},
-               "difference": res["cpfs"]["JF_mean"] - res["random-init"]["JF_mean"],
                "per_sequence": {n: {k: v["J&F"] for k, v in r["sequences"].items()} for n, r in res.items()}}
+        if len(res) == 2:
+            row["difference"] = res["cpfs"]["JF_mean"] - res["random-init"]["JF_mean"]
         rows.append(row)
-        print(f"{'+'.join(layers):32s} cpfs {row['cpfs J&F']:.4f}  random {row['random-init J&F']:.4f}  "
-              f"diff {row['difference']:+.4f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        scores = "  ".join(f"{n.split('-')[0]} {r['JF_mean']:.4f}" for n, r in res.items())
+        diff = f"  diff {row['difference']:+.4f}" if "difference" in row else ""
+        print(f"{'+'.join(layers):32s} {scores}{diff}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "colour": colour["JF_mean"], "rows": rows}, indent=1))
+        Path(args.out).write_text(json.dumps({"args": vars(args), "colour": colour and colour["JF_mean"], "rows": rows},
+                                             indent=1))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ seeds 0..``--seeds``-1) on both; the paired difference of mIoU with its bootstra
 
     .venv/bin/python bench/foreground_validation.py --heldout soapbox car-roundabout \\
         --checkpoints RUN0/checkpoints/best.pt RUN1/checkpoints/best.pt ...
+    # the probe on other features, e.g. the model's own embedding beside the trunk's conv1..conv5:
+    ... --layers embedding conv1 conv2 conv3 conv4 conv5
 
 Two held-out sequences give few test frames (about 12 at step 15): read the CI, and compare runs of several
 training seeds rather than one.
@@ -27,7 +29,7 @@ import torch
 
 from cpfs.config import EvalConfig
 from cpfs.evaluation import baselines
-from cpfs.evaluation.features import hypercolumn_features
+from cpfs.evaluation.features import network_features
 from cpfs.evaluation.foreground import foreground_probe, foreground_split
 from cpfs.evaluation.protocols.foreground import foreground_paired
 from cpfs.training.checkpoint import load_model
@@ -63,6 +65,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=cfg.seeds)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write every result as JSON here")
+    ap.add_argument("--layers", nargs="+", default=cfg.layers,
+                    help="the probe's features: trunk layers and/or 'embedding' (the model's own; network_features)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     seeds = tuple(range(a.seeds))
@@ -80,13 +84,13 @@ def main() -> None:
             model, record = load_model(path)
             seed = int(record.train_config.get("seed", 0))
             baselines.recalibrate_batchnorm(model, crops, 256, 0)
-            trained = foreground_probe(hypercolumn_features(model.trunk, cfg.layers, stride=cfg.feature_stride,
-                                                            name="cpfs"), fit, test, **kw)
+            trained = foreground_probe(network_features(model, a.layers, stride=cfg.feature_stride, name="cpfs"),
+                                       fit, test, **kw)
             if seed not in randoms:
                 rnd = baselines.random_init_model(model.config, seed=seed)
                 baselines.recalibrate_batchnorm(rnd, crops, 256, 0)
-                randoms[seed] = foreground_probe(hypercolumn_features(rnd.trunk, cfg.layers, stride=cfg.feature_stride,
-                                                                      name="random-init"), fit, test, **kw)
+                randoms[seed] = foreground_probe(network_features(rnd, a.layers, stride=cfg.feature_stride,
+                                                                  name="random-init"), fit, test, **kw)
             p = foreground_paired(trained, randoms[seed], seed, cfg.ci_level)
             t, r = trained["summary"]["mIoU"]["mean"], randoms[seed]["summary"]["mIoU"]["mean"]
             rows.append({"checkpoint": path, "step": record.step, "seed": seed, "trained": t, "random": r, "paired": p})

@@ -6,7 +6,7 @@ run: the run folder means its best validated checkpoint) and, when present, ``..
 ``bench/learning.py``; prints per seed each protocol's paired difference (trained - random init of the same
 seed) with its CI, then the mean and the standard deviation over training seeds, and the baselines beside.
 
-    .venv/bin/python bench/seeds_summary.py RUN_SEED0 RUN_SEED1 RUN_SEED2 [--json OUT]
+    .venv/bin/python bench/seeds_summary.py RUN_SEED0 RUN_SEED1 RUN_SEED2 [--eval-dir eval] [--json OUT]
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ HEADLINES = {"flow_alignment": "alignment_centered", "motion_segmentation": "IoU
              "foreground": "mIoU", "linear_probe": "best_layer"}
 
 
-def one_run(run: Path) -> dict:
-    res = json.loads((run / "eval" / "results.json").read_text())
+def one_run(run: Path, eval_dir: str = "eval") -> dict:
+    res = json.loads((run / eval_dir / "results.json").read_text())
     out = {"checkpoint": res["meta"]["checkpoint"], "protocols": {}}
     for proto, sources in res["protocols"].items():
         row = {}
@@ -51,8 +51,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--eval-dir", default="eval", help="the evaluation folder inside each run folder (default: eval)")
     args = ap.parse_args()
-    runs = {str(r): one_run(Path(r)) for r in args.runs}
+    runs = {str(r): one_run(Path(r), args.eval_dir) for r in args.runs}
     protocols = sorted({p for r in runs.values() for p in r["protocols"]})
     summary = {}
     for proto in protocols:
