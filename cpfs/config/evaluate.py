@@ -46,7 +46,7 @@ class EvalConfig(ConfigModel):
                          "probe_max_iter"),
         "VOC segmentation": ("voc", "voc_classes", "voc_size"),
         "DAVIS propagation": ("davis", "davis_sequences", "davis_max_frames", "davis_figure_frames", "davis_size",
-                              "davis_layers"),
+                              "davis_layers", "davis_baseline_layers"),
         "DAVIS foreground probe": ("davis_train", "foreground_frame_step", "foreground_size"),
         "Fine-tuning": ("finetune",),
         "Features, baselines, statistics": ("compare", "layers", "feature_stride", "pixels_per_image",
@@ -80,6 +80,12 @@ class EvalConfig(ConfigModel):
     # held-out davis-train sequences, never on davis/ (cpfs.config.base.PROPAGATION_LAYERS says where).
     davis_layers: list[str] = Field(default_factory=lambda: list(PROPAGATION_LAYERS),
                                     description="DAVIS: features compared, trunk layers and/or 'embedding' (the model's own)")
+    # Random init's own best layers on held-out davis-train (bench/davis_layers.py; docs/benchmarks.md, "Which
+    # features for DAVIS label propagation"): conv1+conv2 scored 0.629 there against 0.460 for conv1..conv5 and
+    # 0.454 for the embedding beside conv1. A second random-init row read at them, and the trained network's
+    # paired difference against it; None or the same as davis_layers: no such row.
+    davis_baseline_layers: list[str] | None = Field(default_factory=lambda: ["conv1", "conv2"],
+                                                    description="DAVIS: random init also read at these layers, its own best (None: off)")
     # The foreground probe is fitted on these masks and scored on ``davis``'s: other sequences, never the same.
     davis_train: str | None = Field(default=None, description="DAVIS-layout root whose masks fit the foreground probe (scored on --davis)")
     # Every 15th frame: 48 fitted frames of davis-train's ten sequences, 15 scored of davis's four. The fits
@@ -126,6 +132,11 @@ class EvalConfig(ConfigModel):
     @classmethod
     def _known_davis_layers(cls, v: list[str]) -> list[str]:
         return feature_layers(v, "davis_layers")
+
+    @field_validator("davis_baseline_layers")
+    @classmethod
+    def _known_davis_baseline_layers(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else feature_layers(v, "davis_baseline_layers")
 
     @field_validator("layers")
     @classmethod

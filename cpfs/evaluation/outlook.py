@@ -58,6 +58,34 @@ def outlook(protocols: Mapping[str, Mapping[str, Any]], train_config: Mapping[st
                    "not measurably better than a random network of its own seed. That is expected of a short run on "
                    "a few short videos; it is not a sign that the pipeline is broken.")
         out.append(NEXT_LONGER)
+    davis = _davis_sentence(protocols.get("davis", {}), model)
+    if davis:
+        out.append(davis)
     if smoke_scale and "davis" not in protocols and "foreground" not in protocols:
         out.append(SEMANTICS)
     return out
+
+
+def _davis_sentence(davis: Mapping[str, Any], model: str) -> str | None:
+    """What DAVIS label propagation shows: against random init read at the trained network's features, against
+    random init at its own best layers (``paired_random_layers``), and against colour alone; None without DAVIS."""
+    res = davis.get(model, {})
+    same, strict = _beats(res.get("paired")), _beats(res.get("paired_random_layers"))
+    if same is None:
+        return None
+    if not same:
+        text = "On DAVIS the trained network's features do not measurably beat random init's."
+    elif strict is False:
+        layers = res["paired_random_layers"].get("against", "").partition("(")[2].rstrip(")") or "its best layers"
+        text = ("On DAVIS the trained network's features beat random init read the same way, but not random init "
+                f"read at its own best layers ({layers}): that gain comes from which features are compared, not from "
+                "what training taught.")
+    else:
+        text = "On DAVIS the trained network's features beat random init" + (
+            ", read the same way and at its own best layers." if strict else ".")
+    trained = (res.get("summary") or {}).get("J&F", {}).get("mean")
+    colour = ((davis.get("colour-lab") or {}).get("summary") or {}).get("J&F", {}).get("mean")
+    if trained is not None and colour is not None and colour >= trained:
+        text += (f" Colour alone still scores higher there (J&F {colour:.2f} against {trained:.2f}): the features do "
+                 "not yet transfer to objects better than colour does.")
+    return text

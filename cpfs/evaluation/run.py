@@ -56,6 +56,7 @@ from cpfs.evaluation.protocols import (
 )
 from cpfs.evaluation.report import ReportFigure, ReportPaths, write_report
 from cpfs.evaluation.sources import RANDOM
+from cpfs.evaluation.tables import COMPARISONS
 
 # Every protocol by its configuration name, in the order ``EvalConfig.protocols`` lists them.
 PROTOCOLS: dict[str, ModuleType] = {
@@ -174,7 +175,7 @@ def build_results(ctx: EvalContext, protocols: Mapping[str, Mapping[str, Any]], 
                  + (" (the checkpoints' too, on the crops of their training seed)." if cfg.recalibrate_checkpoints else "."))
     verdicts = [src[key]["verdict"] + (f" [{name}]" if name != "cpfs" else "")
                 for proto in protocols.values() for name, src in proto.items()
-                for key in ("paired", "paired_position") if isinstance(src.get(key), Mapping)]
+                for key in COMPARISONS if isinstance(src.get(key), Mapping)]
     meta = {
         "config": cfg.model_dump(mode="json"),
         "checkpoint": str(ctx.main.path),

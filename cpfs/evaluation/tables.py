@@ -33,6 +33,7 @@ POOLED: dict[str, str] = {"davis": "all sequences", "foreground": "all sequences
 COMPARISONS: dict[str, str] = {  # result key of a paired comparison -> its series in the headline figure
     "paired": "trained − random init (same seed)",
     "paired_position": "trained − pixel position",
+    "paired_random_layers": "trained − random init at its own best layers",
 }
 
 

@@ -98,7 +98,7 @@ def _number(x: Any) -> str:
 
 
 # The paired comparisons a protocol's row may hold: against random init of the same seed, and against position.
-PAIRED_KEYS: tuple[str, ...] = ("paired", "paired_position")
+PAIRED_KEYS: tuple[str, ...] = ("paired", "paired_position", "paired_random_layers")
 
 
 def paired_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:

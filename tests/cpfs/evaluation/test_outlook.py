@@ -36,3 +36,29 @@ def test_semantic_protocols_replace_the_smoke_scale_warning() -> None:
     protocols = {**_protocols(0.01, 0.003), "davis": {}}
     assert SEMANTICS not in outlook(protocols, DEMO, smoke_scale=True)
     assert outlook({}, DEMO, smoke_scale=False)[0].startswith("No held-out flow alignment")
+
+
+def _davis(same_low: float, strict_low: float | None, trained: float = 0.68, colour: float = 0.71) -> dict:
+    cpfs = {"paired": {"mean": same_low + 0.02, "ci_low": same_low, "ci_high": same_low + 0.04},
+            "summary": {"J&F": {"mean": trained}}}
+    if strict_low is not None:
+        cpfs["paired_random_layers"] = {"mean": strict_low + 0.02, "ci_low": strict_low, "ci_high": strict_low + 0.04,
+                                        "against": "random-init seed 0 (conv1+conv2)"}
+    return {**_protocols(0.01, 0.003), "davis": {"cpfs": cpfs, "colour-lab": {"summary": {"J&F": {"mean": colour}}}}}
+
+
+def test_davis_says_which_random_init_it_beats_and_whether_colour_is_ahead() -> None:
+    # Beats random init read the same way, not at its own best layers, and colour is ahead: all three said.
+    text = outlook(_davis(0.15, -0.03), DEMO, smoke_scale=True)[-1]
+    assert text.startswith("On DAVIS the trained network's features beat random init read the same way, but not "
+                           "random init read at its own best layers (conv1+conv2)")
+    assert "Colour alone still scores higher there (J&F 0.71 against 0.68)" in text
+    # Beats both, and colour is behind: no caveat.
+    text = outlook(_davis(0.15, 0.02, trained=0.75), DEMO, smoke_scale=True)[-1]
+    assert text == "On DAVIS the trained network's features beat random init, read the same way and at its own best layers."
+    # Without the stricter row (off): the plain sentence; not even random init read the same way: said so.
+    assert outlook(_davis(0.15, None, trained=0.75), DEMO, smoke_scale=True)[-1] == (
+        "On DAVIS the trained network's features beat random init.")
+    assert outlook(_davis(-0.02, None, trained=0.75), DEMO, smoke_scale=True)[-1] == (
+        "On DAVIS the trained network's features do not measurably beat random init's.")
+    assert not any(t.startswith("On DAVIS") for t in outlook(_protocols(0.01, 0.003), DEMO, smoke_scale=True))

@@ -315,7 +315,8 @@ def test_protocols_run_alone_and_davis_runs_when_configured(trained, tmp_path: P
                       davis_sequences=[sorted(p.name for p in (davis_root / "JPEGImages" / "480p").iterdir())[0]])
     assert cfg.protocols()[-1] == "davis"
     out = run_protocol("davis", prepare(cfg))
-    assert set(out) == {"cpfs", "random-init", "position", "colour-lab"}
+    assert cfg.davis_layers == ["embedding", "conv1"] and cfg.davis_baseline_layers == ["conv1", "conv2"]
+    assert set(out) == {"cpfs", "random-init", "random-init (conv1+conv2)", "position", "colour-lab"}
     for res in out.values():
         assert 0.0 <= res["summary"]["J"]["mean"] <= 1.0 and 0.0 <= res["summary"]["F"]["mean"] <= 1.0
         assert all("figures" not in row for row in res.get("per_seed", []))  # arrays never reach results.json
@@ -331,6 +332,17 @@ def test_protocols_run_alone_and_davis_runs_when_configured(trained, tmp_path: P
     (shown,) = protocol_figures({"davis": out})  # the report embeds that file as it is: written once
     assert shown.path == Path(figure) and shown.section == "davis"
     assert {"J_recall", "J_decay", "F_recall", "F_decay"} <= set(out["cpfs"]["summary"])
+    # The stricter baseline: random init of the training seed read at its own best layers, paired the same way.
+    strict = out["cpfs"]["paired_random_layers"]
+    assert strict["against"] == "random-init seed 0 (conv1+conv2)" and "read at its own best layers, conv1+conv2" in strict["verdict"]
+    assert strict["trained_mean"] == pytest.approx(trained_jf)
+    assert strict["random_same_seed_mean"] == pytest.approx(out["random-init (conv1+conv2)"]["per_seed"][0]["JF_mean"])
+    assert strict["random_same_seed_mean"] != pytest.approx(paired["random_same_seed_mean"])  # other features, other score
+    assert out["random-init (conv1+conv2)"]["layers"] == ["conv1", "conv2"]
+    # Off, or the same layers as the trained network's: no second row.
+    for layers in (None, ["embedding", "conv1"]):
+        off = run_protocol("davis", prepare(cfg.model_copy(update={"davis_baseline_layers": layers})))
+        assert "random-init (conv1+conv2)" not in off and "paired_random_layers" not in off["cpfs"]
 
 
 def test_foreground_probe_fits_on_davis_train_and_pairs_against_random_init(trained, tmp_path: Path, square_davis) -> None:
