@@ -147,8 +147,9 @@ def main() -> None:
             node = node.setdefault(k, {})
         node[leaf] = json.loads(value)
     if args.validate_davis:
-        overrides["validation"] = {"davis": args.validate_davis, "sequences": args.validate_sequences,
-                                   "every": args.validate_every}
+        # Merged with any --set validation.*=... (e.g. validation.size=240).
+        overrides["validation"] = {**overrides.get("validation", {}), "davis": args.validate_davis,
+                                   "sequences": args.validate_sequences, "every": args.validate_every}
     cfg = TrainConfig.from_preset(args.preset, **overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
