@@ -121,7 +121,18 @@ def table_glossary(protocol: str, columns: Iterable[str], sources: Iterable[str]
                                      if proto == protocol and pattern.match(c)), None)
         if text is not None:
             out.setdefault(text, []).append(c)
-    return [(", ".join(cols), text) for text, cols in out.items()] + [(s, SOURCES[s]) for s in sources if s in SOURCES]
+    return [(", ".join(cols), text) for text, cols in out.items()] + [(s, source_sentence(s)) for s in sources
+                                                                       if source_sentence(s)]
+
+
+def source_sentence(name: str) -> str | None:
+    """What a row (source) is: ``SOURCES``, or random init read at named layers ("random-init (conv1+conv2)")."""
+    if name in SOURCES:
+        return SOURCES[name]
+    if name.startswith("random-init (") and name.endswith(")"):
+        return (f"random init of the training seed read at {name[len('random-init ('):-1]}, its own best layers "
+                "(davis_baseline_layers), not at the trained network's: the comparison a real gain must survive.")
+    return None
 
 
 # What DAVIS label propagation compares (cpfs.evaluation.features.network_features, EvalConfig.davis_layers).

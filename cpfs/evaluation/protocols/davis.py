@@ -118,5 +118,5 @@ def davis_paired(trained: Mapping[str, Any], random_same: Mapping[str, Any], see
         "per_sequence_difference": per_seq,
         "spread_over_videos": float(np.std([trained["sequences"][n]["J&F"] for n in trained["sequences"]])),
         "verdict": stats.verdict(overall, "DAVIS J&F (label propagation)", f"random init (seed {seed})"
-                                 + (f" read at its own best layers, {'+'.join(layers)}" if layers else "")),
+                                 + (f" at its own best layers ({'+'.join(layers)})" if layers else "")),
     }

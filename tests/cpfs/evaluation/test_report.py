@@ -168,6 +168,11 @@ def test_report_has_glossaries_outlook_and_a_folded_appendix(report) -> None:
     assert "- **alignment_centered**: the same alignment after centering" in body
     assert "Why random init can score a higher raw alignment" in body and "Why random init" in page
     assert "- **J**: region similarity" in body and "- **conv1, conv2, conv3, conv4, conv5**: top-1 accuracy" in body
+    from cpfs.evaluation.glossary import table_glossary
+
+    rows = dict(table_glossary("davis", ["J"], ["cpfs", "random-init (conv1+conv2)", "someone-else"]))
+    assert rows["random-init (conv1+conv2)"].startswith("random init of the training seed read at conv1+conv2, its own best")
+    assert "someone-else" not in rows and rows["cpfs"].startswith("the trained checkpoint")
     # Under the DAVIS table, what propagation compares; under no other table.
     assert body.count("Label propagation compares pixels by a network's features named in davis_layers") == 1
     assert body.index("Label propagation compares pixels") > body.index("DAVIS label propagation (J, F)")

@@ -334,7 +334,7 @@ def test_protocols_run_alone_and_davis_runs_when_configured(trained, tmp_path: P
     assert {"J_recall", "J_decay", "F_recall", "F_decay"} <= set(out["cpfs"]["summary"])
     # The stricter baseline: random init of the training seed read at its own best layers, paired the same way.
     strict = out["cpfs"]["paired_random_layers"]
-    assert strict["against"] == "random-init seed 0 (conv1+conv2)" and "read at its own best layers, conv1+conv2" in strict["verdict"]
+    assert strict["against"] == "random-init seed 0 (conv1+conv2)" and "random init (seed 0) at its own best layers (conv1+conv2) on DAVIS J&F" in strict["verdict"]
     assert strict["trained_mean"] == pytest.approx(trained_jf)
     assert strict["random_same_seed_mean"] == pytest.approx(out["random-init (conv1+conv2)"]["per_seed"][0]["JF_mean"])
     assert strict["random_same_seed_mean"] != pytest.approx(paired["random_same_seed_mean"])  # other features, other score
