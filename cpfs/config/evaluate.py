@@ -82,8 +82,9 @@ class EvalConfig(ConfigModel):
                                     description="DAVIS: features compared, trunk layers and/or 'embedding' (the model's own)")
     # Random init's own best layers on held-out davis-train (bench/davis_layers.py; docs/benchmarks.md, "Which
     # features for DAVIS label propagation"): conv1+conv2 on all three seeds (0.629 / 0.626 / 0.617, against
-    # 0.460 / 0.474 / 0.453 for conv1..conv5; 0.454 for the embedding beside conv1, seed 0). A second random-init row read at them, and the trained network's
-    # paired difference against it; None or the same as davis_layers: no such row.
+    # 0.460 / 0.474 / 0.453 for conv1..conv5; 0.454 for the embedding beside conv1, seed 0). A second random-init
+    # row read at them, and the trained network's paired difference against it; None or the same as
+    # davis_layers: no such row.
     davis_baseline_layers: list[str] | None = Field(default_factory=lambda: ["conv1", "conv2"],
                                                     description="DAVIS: random init also read at these layers, its own best (None: off)")
     # The foreground probe is fitted on these masks and scored on ``davis``'s: other sequences, never the same.

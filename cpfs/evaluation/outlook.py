@@ -3,7 +3,9 @@
 A newcomer's first result is often the only one they read (issue 18: the demo said "+0.008 ... does not
 measurably beat random init" and stopped there). ``outlook`` turns the headline of the flow-alignment protocol
 (the trained network against random init of its own seed, and against pixel position alone, both paired) into
-a few sentences for the report: the verdict, the limits of the run that produced it, and the next command.
+a few sentences for the report: the verdict, the limits of the run that produced it, and the next command;
+with DAVIS, one more on which random init it beats (read the trained network's way, or at its own best layers)
+and whether colour alone is still ahead.
 Pure: it reads the protocols' result dicts and the checkpoint's training settings, nothing else.
 """
 
