@@ -141,15 +141,20 @@ def hypercolumn_features(
         was_training = trunk.training
         trunk.eval()
         try:
-            maps = trunk.features(images, layers)
-            ys, xs = grid_pixels(tuple(images.shape[-2:]), stride, maps[layers[0]])
-            cols = [F.normalize(sample_on_grid(maps[layer], trunk.geometry[layer], xs, ys), dim=1)
-                    for layer in layers]  # each (B, C_l, Hg, Wg), unit norm over its channels
-            return torch.cat(cols, dim=1) / math.sqrt(len(layers))  # (B, sum C, Hg, Wg)
+            return _hypercolumns(trunk, trunk.features(images, layers), layers, stride, tuple(images.shape[-2:]))
         finally:
             trunk.train(was_training)
 
     return FeatureFn(name=name, stride=stride, fn=fn)
+
+
+def _hypercolumns(trunk: AlexNetTrunk, maps: dict[str, Tensor], layers: tuple[str, ...], stride: int,
+                  image_size: tuple[int, int]) -> Tensor:
+    """``hypercolumn_features``' output from the trunk's ``maps`` of the images: ``(B, sum C_l, Hg, Wg)``."""
+    ys, xs = grid_pixels(image_size, stride, maps[layers[0]])
+    cols = [F.normalize(sample_on_grid(maps[layer], trunk.geometry[layer], xs, ys), dim=1)
+            for layer in layers]  # each (B, C_l, Hg, Wg), unit norm over its channels
+    return torch.cat(cols, dim=1) / math.sqrt(len(layers))  # (B, sum C, Hg, Wg)
 
 
 def network_features(model: CPFSModel, layers: Sequence[str], stride: int = 4, name: str = "cpfs") -> FeatureFn:
@@ -170,17 +175,24 @@ def network_features(model: CPFSModel, layers: Sequence[str], stride: int = 4, n
     trunk_layers = tuple(layer for layer in layers if layer != EMBEDDING)
     if len(trunk_layers) == len(layers):
         return hypercolumn_features(model.trunk, trunk_layers, stride=stride, name=name)
-    embedding = model_embedding_features(model, stride=stride, name=name)
     if not trunk_layers:
-        return embedding
-    hyper = hypercolumn_features(model.trunk, trunk_layers, stride=stride, name=name)
+        return model_embedding_features(model, stride=stride, name=name)
     blocks = len(trunk_layers) + 1
+    needed = tuple(dict.fromkeys(trunk_layers + model.layers))  # the trunk runs once for both parts
 
     @torch.no_grad()
     def fn(images: Tensor, flow: Tensor | None) -> Tensor:
-        # hyper's layers weigh 1/sqrt(len(trunk_layers)) each: rescaled to 1/sqrt(blocks), like the embedding.
-        return torch.cat([hyper(images) * math.sqrt(len(trunk_layers) / blocks),
-                          embedding(images) / math.sqrt(blocks)], dim=1)
+        was_training = model.training
+        model.eval()
+        try:
+            maps = model.trunk.features(images, needed)
+            hyper = _hypercolumns(model.trunk, maps, trunk_layers, stride, tuple(images.shape[-2:]))
+            embedding = model.dense_embedding(images, stride=stride, maps=maps)
+        finally:
+            model.train(was_training)
+        # The trunk layers weigh 1/sqrt(len(trunk_layers)) each in ``hyper``: rescaled to 1/sqrt(blocks), like
+        # the embedding.
+        return torch.cat([hyper * math.sqrt(len(trunk_layers) / blocks), embedding / math.sqrt(blocks)], dim=1)
 
     return FeatureFn(name=name, stride=stride, fn=fn)
 

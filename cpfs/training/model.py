@@ -381,7 +381,8 @@ class CPFSModel(nn.Module):
         return self.head(columns)  # (B, N, D)
 
     @torch.no_grad()
-    def dense_embedding(self, images: Tensor, stride: int = 4, chunk: int = 4096) -> Tensor:
+    def dense_embedding(self, images: Tensor, stride: int = 4, chunk: int = 4096,
+                        maps: Mapping[str, Tensor] | None = None) -> Tensor:
         """Embeddings on a regular grid of pixels, for evaluation: ``(B, 3, H, W) -> (B, D, Hg, Wg)``.
 
         Grid pixel ``(i, j)`` is input pixel ``(x, y) = (j * stride, i * stride)``; ``Hg = ceil(H / stride)``,
@@ -394,7 +395,9 @@ class CPFSModel(nn.Module):
         checkpoint, one 256 x 340 frame, one thread: 0.63 -> 0.20 s; ``bench/eval_profile.py`` for a whole evaluation).
         The trunk runs once per image; the grid is done in blocks of whole rows of at most ``chunk`` points
         (at least one row), which bounds the memory of the ``(B, hidden, n)`` pre-activations.
-        Runs in eval mode (BatchNorm with running statistics) and restores the previous mode afterwards.
+        Runs in eval mode (BatchNorm with running statistics) and restores the previous mode afterwards. ``maps``:
+        the trunk's maps of ``images`` (at least the head's layers), already computed in eval mode by a caller that
+        reads other layers too (``cpfs.evaluation.features.network_features``), so the trunk runs once.
         """
         if stride < 1 or chunk < 1:
             raise ValueError(f"stride and chunk must be >= 1, got stride={stride}, chunk={chunk}")
@@ -402,7 +405,8 @@ class CPFSModel(nn.Module):
         self.eval()
         try:
             b = images.shape[0]
-            maps = self.trunk.features(images, self.layers)
+            if maps is None:
+                maps = self.trunk.features(images, self.layers)
             ys, xs = grid_pixels(tuple(images.shape[-2:]), stride, maps[self.layers[0]])
             assert self.head.fc1.bias is None  # a bias would have to be added once, after the sum over layers
             weight = self.head.fc1.weight  # (hidden, sum C): one column block per layer, in self.layers order

@@ -115,6 +115,13 @@ def test_network_features_put_the_embedding_beside_trunk_layers_each_block_weigh
     cosines += [torch.dot(a[c1:c15], b[c1:c15]) / (a[c1:c15].norm() * b[c1:c15].norm()),
                 torch.dot(a[c15:], b[c15:]) / (a[c15:].norm() * b[c15:].norm())]
     torch.testing.assert_close(torch.dot(a, b), sum(cosines) / 3, rtol=0, atol=1e-5)
+    # The trunk runs once for both parts, and the model is left in the mode it was in.
+    calls = []
+    hook = model.trunk.conv1.register_forward_hook(lambda *a: calls.append(1))
+    model.train()
+    network_features(model, ("embedding", "conv1", "conv5"), stride=8)(images)
+    hook.remove()
+    assert len(calls) == 1 and model.training
     with pytest.raises(ValueError, match="at least one layer"):
         network_features(model, ())
     with pytest.raises(ValueError, match="named twice"):
