@@ -146,10 +146,10 @@ class EvalContext:
 
     def features(self, source: Source, seed: int, kind: FeatureKind, memo: bool = False) -> FeatureFn:
         """The ``kind`` features of ``source`` for seed ``seed`` (``cfg.feature_stride``; "hypercolumns": of
-        ``cfg.layers``; "propagation": ``cfg.davis_layers``; "embedding": the model's own). With ``memo`` the features of each image are computed once for the rest of the protocol
-        run (``memoize_features``; ``release_features`` ends it) and later calls for the same source, seed and
-        kind share them: a fixed source across seeds, random init of the training seed between its row and the
-        paired comparison. Without ``memo`` nothing is kept (a probe that reads every image once)."""
+        ``cfg.layers``; "propagation": ``cfg.davis_layers``; "embedding": the model's own). With ``memo`` the
+        features of each image are computed once for the rest of the protocol run (``memoize_features``;
+        ``release_features`` ends it) and later calls for the same source, seed and kind share them: a fixed source
+        across seeds, random init of the training seed between its row and the paired comparison. Without ``memo`` nothing is kept (a probe that reads every image once)."""
         key = (source.name, 0 if source.fixed else seed, "baseline" if source.baseline is not None else kind)
         if key in self._features:
             return self._features[key]

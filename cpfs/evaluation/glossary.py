@@ -121,8 +121,8 @@ def table_glossary(protocol: str, columns: Iterable[str], sources: Iterable[str]
                                      if proto == protocol and pattern.match(c)), None)
         if text is not None:
             out.setdefault(text, []).append(c)
-    return [(", ".join(cols), text) for text, cols in out.items()] + [(s, source_sentence(s)) for s in sources
-                                                                       if source_sentence(s)]
+    rows = [(s, source_sentence(s)) for s in sources]
+    return [(", ".join(cols), text) for text, cols in out.items()] + [(s, text) for s, text in rows if text]
 
 
 def source_sentence(name: str) -> str | None:

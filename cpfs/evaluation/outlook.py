@@ -78,7 +78,7 @@ def _davis_sentence(davis: Mapping[str, Any], model: str) -> str | None:
     if not same:
         text = "On DAVIS the trained network's features do not measurably beat random init's."
     elif strict is False:
-        layers = res["paired_random_layers"].get("against", "").partition("(")[2].rstrip(")") or "its best layers"
+        layers = "+".join(res["paired_random_layers"].get("random_layers") or ["its best layers"])
         text = ("On DAVIS the trained network's features beat random init read the same way, but not random init "
                 f"read at its own best layers ({layers}): that gain comes from which features are compared, not from "
                 "what training taught.")

@@ -35,14 +35,17 @@ def run(ctx: EvalContext) -> dict:
                            baselines.colour_features("lab", cfg.feature_stride)])
     train_seed = ctx.train_seed
 
-    def one(src: Source, seed: int, figure_frames: int = 0) -> dict:
-        # Not memoized: every frame is read once per network (the DAVIS frames' features can be large).
-        res = davis_protocol(ctx.features(src, seed, "propagation"), cfg.davis, cfg.davis_sequences,
-                             size=cfg.davis_size, max_frames=cfg.davis_max_frames, figure_frames=figure_frames)
+    def score(fn, figure_frames: int = 0) -> dict:
+        res = davis_protocol(fn, cfg.davis, cfg.davis_sequences, size=cfg.davis_size, max_frames=cfg.davis_max_frames,
+                             figure_frames=figure_frames)
         # The official statistics beside J, F and J&F in the table (means over objects; the std over seeds is
         # added by combine_seeds).
         res["summary"].update({k: {"mean": res[k]} for k in RECALL_DECAY})
         return res
+
+    def one(src: Source, seed: int, figure_frames: int = 0) -> dict:
+        # Not memoized: every frame is read once per network (the DAVIS frames' features can be large).
+        return score(ctx.features(src, seed, "propagation"), figure_frames)
 
     out = {}
     same_seed: dict | None = None
@@ -71,9 +74,7 @@ def run(ctx: EvalContext) -> dict:
     if strict and list(strict) != list(cfg.davis_layers):
         name = f"{RANDOM} ({'+'.join(strict)})"
         ctx.say(f"DAVIS: {name}", len(sources), len(sources) + 1)
-        fn = network_features(ctx.random_model(train_seed), strict, stride=cfg.feature_stride, name=name)
-        res = davis_protocol(fn, cfg.davis, cfg.davis_sequences, size=cfg.davis_size, max_frames=cfg.davis_max_frames)
-        res["summary"].update({k: {"mean": res[k]} for k in RECALL_DECAY})
+        res = score(network_features(ctx.random_model(train_seed), strict, stride=cfg.feature_stride, name=name))
         out[name] = combine_seeds([res], {**ctx.source_meta(RANDOM), "seeds": [train_seed], "layers": list(strict)})
         for model in ctx.models:
             out[model]["paired_random_layers"] = davis_paired(out[model]["per_seed"][0], res, train_seed, cfg.ci_level,
@@ -112,6 +113,7 @@ def davis_paired(trained: Mapping[str, Any], random_same: Mapping[str, Any], see
                for name in trained["sequences"]}
     return {
         "metric": "J&F", "against": f"{RANDOM} seed {seed}" + (f" ({'+'.join(layers)})" if layers else ""),
+        **({"random_layers": list(layers)} if layers else {}),
         "trained_mean": float(np.mean(a["J&F"])), "random_same_seed_mean": float(np.mean(b["J&F"])),
         **overall,
         "per_video": stats.per_group_bootstrap(diff, a["sequence"], level=level),

@@ -43,7 +43,7 @@ def _davis(same_low: float, strict_low: float | None, trained: float = 0.68, col
             "summary": {"J&F": {"mean": trained}}}
     if strict_low is not None:
         cpfs["paired_random_layers"] = {"mean": strict_low + 0.02, "ci_low": strict_low, "ci_high": strict_low + 0.04,
-                                        "against": "random-init seed 0 (conv1+conv2)"}
+                                        "random_layers": ["conv1", "conv2"]}
     return {**_protocols(0.01, 0.003), "davis": {"cpfs": cpfs, "colour-lab": {"summary": {"J&F": {"mean": colour}}}}}
 
 

@@ -339,6 +339,7 @@ def test_protocols_run_alone_and_davis_runs_when_configured(trained, tmp_path: P
     assert strict["random_same_seed_mean"] == pytest.approx(out["random-init (conv1+conv2)"]["per_seed"][0]["JF_mean"])
     assert strict["random_same_seed_mean"] != pytest.approx(paired["random_same_seed_mean"])  # other features, other score
     assert out["random-init (conv1+conv2)"]["layers"] == ["conv1", "conv2"]
+    assert strict["random_layers"] == ["conv1", "conv2"]  # what the report's outlook names
     # Off, or the same layers as the trained network's: no second row.
     for layers in (None, ["embedding", "conv1"]):
         off = run_protocol("davis", prepare(cfg.model_copy(update={"davis_baseline_layers": layers})))
